@@ -1,0 +1,3 @@
+from slingshot.cli import main
+
+main()

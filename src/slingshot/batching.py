@@ -1,0 +1,135 @@
+"""Length-bucketed, token-budget batches: the padding killer.
+
+Padding every text to a fixed length spends most of a CPU's time multiplying zeros (97% on SST-2 with the
+pad-to-512 recipe). Here examples are shuffled, cut into large pools, sorted by length inside each pool, and
+packed greedily while `batch_size x longest_length` stays under a token budget; the batches are then shuffled.
+Batch size varies, tokens per batch stay near constant, and padding stays at a few percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def pack_sorted(order: Sequence[int], lengths: Sequence[int], tokens_per_batch: int, max_batch_size: int) -> list[list[int]]:
+    """Greedily cut an ordering (already sorted by length) into batches under the token budget."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest = 0
+    for index in order:
+        length = lengths[index]
+        grown = max(longest, length)
+        if batch and ((len(batch) + 1) * grown > tokens_per_batch or len(batch) >= max_batch_size):
+            batches.append(batch)
+            batch, grown = [], length
+        batch.append(int(index))
+        longest = grown
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def token_budget_batches(
+    lengths: Sequence[int],
+    tokens_per_batch: int,
+    max_batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    pool_size: int | None = None,
+) -> list[list[int]]:
+    """Indices grouped into batches whose padded size (count x longest) stays within `tokens_per_batch`.
+
+    shuffle=False (evaluation): one global sort, longest first, so that a memory problem shows on the first batch.
+    shuffle=True (training): a seeded shuffle, pools sorted by length, batches shuffled; same seed, same batches.
+    """
+    lengths = np.asarray(lengths)
+    if not shuffle:
+        order = np.argsort(-lengths, kind="stable")
+        return pack_sorted(order, lengths, tokens_per_batch, max_batch_size)
+    rng = np.random.default_rng(seed)
+    pool_size = pool_size or max(2048, 64 * max_batch_size)
+    order = rng.permutation(len(lengths))
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool_size):
+        pool = order[start : start + pool_size]
+        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        batches += pack_sorted(pool, lengths, tokens_per_batch, max_batch_size)
+    permutation = rng.permutation(len(batches))
+    return [batches[i] for i in permutation]
+
+
+def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Share of the padded tensor cells that are padding."""
+    real = sum(lengths[i] for batch in batches for i in batch)
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    return 1.0 - real / padded if padded else 0.0
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """A batch sampler over `token_budget_batches`; `set_epoch` reshuffles deterministically (seed + epoch)."""
+
+    def __init__(self, lengths: Sequence[int], tokens_per_batch: int, max_batch_size: int, *, shuffle: bool, seed: int = 0):
+        self.lengths = list(lengths)
+        self.tokens_per_batch = tokens_per_batch
+        self.max_batch_size = max_batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self._batches = self._make()
+
+    def _make(self) -> list[list[int]]:
+        return token_budget_batches(
+            self.lengths, self.tokens_per_batch, self.max_batch_size, shuffle=self.shuffle, seed=self.seed + self.epoch
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._batches = self._make()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    @property
+    def batches(self) -> list[list[int]]:
+        return self._batches
+
+
+class PaddingCollator:
+    """Pads token-id lists to the longest in the batch (right side) and stacks labels.
+
+    Written by hand rather than `DataCollatorWithPadding` because it is on the hot path and needs no tokenizer call.
+    """
+
+    def __init__(self, pad_token_id: int, label_dtype: torch.dtype = torch.long):
+        self.pad_token_id = pad_token_id
+        self.label_dtype = label_dtype
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        batch: dict[str, torch.Tensor] = {}
+        input_ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+        has_types = "token_type_ids" in examples[0]
+        token_type_ids = torch.zeros((len(examples), longest), dtype=torch.long) if has_types else None
+        for row, example in enumerate(examples):
+            ids = example["input_ids"]
+            input_ids[row, : len(ids)] = torch.as_tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            if token_type_ids is not None:
+                token_type_ids[row, : len(ids)] = torch.as_tensor(example["token_type_ids"])
+        batch["input_ids"] = input_ids
+        batch["attention_mask"] = attention_mask
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        if "labels" in examples[0]:
+            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=self.label_dtype)
+        return batch

@@ -1,0 +1,150 @@
+"""Data checks behind `slingshot inspect`: what is in each split and what is wrong with it, with counts and examples."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slingshot.data import LoadedData, load_data
+from slingshot.models import load_tokenizer, resolve_model
+from slingshot.recipe import Recipe
+
+
+@dataclass
+class Problem:
+    """One finding: what, in which split, how many rows, one example, and whether training can go on."""
+
+    check: str
+    split: str
+    count: int
+    example: str
+    severity: str  # "error" stops training, "warning" does not
+
+    def line(self) -> str:
+        return f"[{self.severity}] {self.split}: {self.check}: {self.count} (e.g. {self.example})"
+
+
+@dataclass
+class SplitReport:
+    rows: int
+    source: str
+    labels: dict[str, int] | None = None
+    label_stats: dict[str, float] | None = None  # regression: min/mean/max
+    token_lengths: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+
+
+@dataclass
+class InspectReport:
+    task: str
+    model: str
+    max_length: int
+    splits: dict[str, SplitReport]
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def length_percentiles(lengths: list[int]) -> dict[str, int]:
+    if not lengths:
+        return {}
+    values = np.asarray(lengths)
+    return {"p50": int(np.percentile(values, 50)), "p90": int(np.percentile(values, 90)),
+            "p95": int(np.percentile(values, 95)), "p99": int(np.percentile(values, 99)), "max": int(values.max())}
+
+
+def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=None) -> InspectReport:
+    """Load the recipe's data without failing on data problems, and report them all."""
+    loaded = loaded or load_data(recipe, strict=False)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(resolve_model(recipe.model.name, recipe.model.revision).path)
+    names = loaded.label_names
+    splits: dict[str, SplitReport] = {}
+    problems: list[Problem] = []
+
+    def key(example: dict) -> str:
+        return example["text"] + ("\x00" + example["text_pair"] if "text_pair" in example else "")
+
+    texts_by_split: dict[str, set[str]] = {}
+    for split, dataset in loaded.splits.items():
+        rows = dataset.to_list()
+        report = SplitReport(rows=len(rows), source=loaded.sources[split])
+        if names is not None:
+            counts = Counter(names[r["label"]] if r["label"] >= 0 else "(unseen)" for r in rows)
+            report.labels = {name: counts.get(name, 0) for name in names}
+            if counts.get("(unseen)"):
+                report.labels["(unseen)"] = counts["(unseen)"]
+        else:
+            values = np.asarray([r["label"] for r in rows], dtype=float)
+            report.label_stats = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
+        encoded = tokenizer([r["text"] for r in rows], [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0]
+                            else None, truncation=False, add_special_tokens=True)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        report.token_lengths = length_percentiles(lengths)
+        report.truncated = sum(length > recipe.model.max_length for length in lengths)
+        splits[split] = report
+
+        skipped = loaded.skipped.get(split)
+        if skipped and skipped.count:
+            problems.append(Problem("empty or whitespace texts (skipped)", split, skipped.count,
+                                    ", ".join(skipped.examples), "warning"))
+        if report.truncated:
+            longest = rows[int(np.argmax(lengths))]
+            problems.append(Problem(f"texts longer than model.max_length={recipe.model.max_length} tokens (truncated)",
+                                    split, report.truncated, f"row {longest['row']}, {max(lengths)} tokens", "warning"))
+        seen: dict[str, dict] = {}
+        duplicates, conflicting = [], []
+        for row in rows:
+            k = key(row)
+            if k in seen:
+                duplicates.append(row)
+                if seen[k]["label"] != row["label"]:
+                    conflicting.append(row)
+            else:
+                seen[k] = row
+        if duplicates:
+            d = duplicates[0]
+            problems.append(Problem("exact duplicate texts", split, len(duplicates),
+                                    f"row {d['row']} repeats row {seen[key(d)]['row']}: {_short(d['text'])}", "warning"))
+        if conflicting:
+            c = conflicting[0]
+            problems.append(Problem("duplicates with different labels", split, len(conflicting),
+                                    f"row {c['row']} vs row {seen[key(c)]['row']}: {_short(c['text'])}", "warning"))
+        texts_by_split[split] = set(seen)
+        if split != "train" and names is not None:
+            for label, count in loaded.unseen_eval_labels.get(split, {}).items():
+                problems.append(Problem("label never seen in training", split, count, repr(label), "error"))
+            missing = [n for n in names if report.labels and report.labels.get(n, 0) == 0]
+            if missing and split == "eval":
+                problems.append(Problem("classes with no evaluation rows", split, len(missing), ", ".join(missing),
+                                        "warning"))
+
+    if names is not None and "train" in splits:
+        present = [n for n, c in (splits["train"].labels or {}).items() if c > 0 and n != "(unseen)"]
+        if len(present) < 2:
+            problems.append(Problem("single class in training data", "train", splits["train"].rows,
+                                    repr(present[0] if present else "none"), "error"))
+        counts = [c for n, c in (splits["train"].labels or {}).items() if n != "(unseen)"]
+        if counts and min(counts) > 0 and max(counts) / min(counts) >= 10:
+            problems.append(Problem("strong class imbalance (largest/smallest >= 10)", "train", max(counts),
+                                    f"{max(counts)} vs {min(counts)} rows", "warning"))
+    for split in ("eval", "test"):
+        if split in texts_by_split:
+            overlap = texts_by_split["train"] & texts_by_split[split]
+            if overlap:
+                problems.append(Problem("texts also in train (leakage)", split, len(overlap),
+                                        _short(sorted(overlap)[0].replace("\x00", " | ")), "warning"))
+    return InspectReport(recipe.task, recipe.model.name, recipe.model.max_length, splits, problems)

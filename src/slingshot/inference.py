@@ -1,0 +1,49 @@
+"""One inference path: length-sorted batches under a token budget, results returned in input order."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from slingshot.batching import token_budget_batches
+
+# Inference keeps no activations for backward, so a batch can hold several times the training budget.
+EVAL_TOKENS_PER_BATCH = 8192
+EVAL_MAX_BATCH_SIZE = 256
+
+
+@torch.inference_mode()
+def forward_logits(
+    model: torch.nn.Module,
+    encoded: Dataset,
+    collate,
+    *,
+    device: torch.device | str = "cpu",
+    tokens_per_batch: int = EVAL_TOKENS_PER_BATCH,
+    max_batch_size: int = EVAL_MAX_BATCH_SIZE,
+    autocast_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Logits for every row of `encoded` (which has a `length` column), in the order of its rows."""
+    was_training = model.training
+    model.eval()
+    lengths = encoded["length"]
+    batches = token_budget_batches(lengths, tokens_per_batch, max_batch_size, shuffle=False)
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in encoded.column_names]
+    data = {c: encoded[c] for c in columns}  # plain lists: per-row Arrow access is slow
+    results: list[np.ndarray | None] = [None] * len(encoded)
+    device = torch.device(device)
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    )
+    with autocast:
+        for indices in batches:
+            batch = collate([{c: data[c][i] for c in columns} for i in indices])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits.float().cpu().numpy()
+            for position, index in enumerate(indices):
+                results[index] = logits[position]
+    model.train(was_training)
+    return np.stack(results) if results else np.zeros((0, 0), dtype=np.float32)

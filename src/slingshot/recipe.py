@@ -1,0 +1,255 @@
+"""The recipe: a YAML file validated into typed, documented fields. Every default lives here and only here."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slingshot.errors import RecipeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Local folder or Hugging Face model id; resolved offline first (path, HF cache, packaged weights, hub).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when downloading.")
+    max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
+
+
+class LimitSection(Section):
+    train: int | None = Field(None, ge=1, description="Use at most this many training rows (seeded sample).")
+    eval: int | None = Field(None, ge=1, description="Use at most this many evaluation rows (seeded sample).")
+    test: int | None = Field(None, ge=1, description="Use at most this many test rows (seeded sample).")
+
+
+class DataSection(Section):
+    train: str | None = Field(
+        None,
+        description="Training data: a CSV/TSV/JSONL/JSON/Parquet file, a folder with train/dev/test files, "
+        "or a Hugging Face dataset id. Relative paths are read from the recipe's folder.",
+    )
+    eval: str | None = Field(None, description="Evaluation file; when absent a stratified split of train is held out.")
+    test: str | None = Field(None, description="Optional test file, scored once at the end.")
+    dataset_config: str | None = Field(None, description="Configuration name of a Hugging Face dataset id.")
+    text_column: str = Field("text", description="Column holding the text.")
+    text_pair_column: str | None = Field(None, description="Second text column for pair tasks (e.g. NLI).")
+    label_column: str = Field("label", description="Column holding the label (class name, class index or number).")
+    label_names: list[str] | None = Field(
+        None, description="Class names in index order; integer labels map to them. Default: sorted labels found."
+    )
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval when no eval file.")
+    limit: LimitSection = Field(default_factory=LimitSection, description="Subsample each split (seeded).")
+    seed: int = Field(42, description="Seed for splits and subsamples.")
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default by model family (BERT: query/key/value, GPT-2: c_attn)."
+    )
+
+
+class EarlyStoppingSection(Section):
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement; null = never stop early."
+    )
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class TrainSection(Section):
+    method: Literal["full", "lora"] = Field("full", description="full: update every weight; lora: PEFT LoRA adapters.")
+    epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and LayerNorm).")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of optimizer steps spent warming up linearly.")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warm-up.")
+    tokens_per_batch: int = Field(
+        1024, ge=16, description="Token budget of a batch, padding included: batch size varies, tokens stay constant."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Upper bound on examples per batch, however short they are.")
+    grad_accum: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null = no clipping.")
+    seed: int = Field(42, description="Seed for weights of new heads, shuffling and dropout.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU with bf16 support, fp32 on a CPU (measured: see README)."
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for the math; default: physical cores.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps; null = at the end of every epoch."
+    )
+    metric: str = Field(
+        "auto", description="Metric that picks the best model: auto = accuracy (classification) or rmse (regression)."
+    )
+    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection, description="Early stopping.")
+    log_every: int = Field(20, ge=1, description="Write a training-log line every N optimizer steps.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint every N optimizer steps (always at each evaluation)."
+    )
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (method: lora).")
+
+
+class OutputSection(Section):
+    dir: str = Field("runs", description="Folder that holds run directories (relative to the working directory).")
+    price_per_hour_usd: float = Field(
+        0.0, ge=0, description="Price of this machine per hour, for the cost estimate in summary.json."
+    )
+
+
+class Recipe(Section):
+    """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
+
+    name: str | None = Field(None, description="Run name; the run directory is <output.dir>/<name>. Default: file stem.")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification: one label per text; regression: one number per text."
+    )
+    model: ModelSection = Field(default_factory=ModelSection, description="Which model to fine-tune.")
+    data: DataSection = Field(default_factory=DataSection, description="Where the data is and which columns to use.")
+    train: TrainSection = Field(default_factory=TrainSection, description="How to train.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Where to write and what it costs.")
+
+    # The folder relative data paths are read from; not part of the YAML.
+    base_dir: Path = Field(default=Path("."), exclude=True, description="Folder the recipe was read from.")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Recipe":
+        if self.task == "regression" and self.data.label_names:
+            raise ValueError("data.label_names is only for classification; remove it for task: regression")
+        return self
+
+    @property
+    def best_metric(self) -> str:
+        if self.train.metric != "auto":
+            return self.train.metric
+        return "accuracy" if self.task == "classification" else "rmse"
+
+    @property
+    def metric_greater_is_better(self) -> bool:
+        return self.best_metric not in {"loss", "eval_loss", "mae", "rmse", "mse"}
+
+    def resolve_path(self, value: str | None) -> str | None:
+        """A data path relative to the recipe's folder; a dataset id or absolute path is returned unchanged."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return str(path)
+        local = self.base_dir / path
+        if local.exists() or looks_like_path(value):
+            return str(local)
+        return value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).suffix.lower() in DATA_SUFFIXES
+
+
+DATA_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt"}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file. Raises RecipeError listing every problem at once."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe file not found: {path}", "check the path, or start from examples/sst2/recipe.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"recipe is not valid YAML at {where}: {getattr(exc, 'problem', exc)}", "fix the YAML syntax")
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe is not UTF-8 text: {path}", "save the recipe as UTF-8")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe must be a mapping of sections, got {type(raw).__name__}: {path}")
+    raw.setdefault("name", path.stem if path.stem != "recipe" else path.parent.resolve().name)
+    raw = apply_overrides(raw, overrides or [])
+    return recipe_from_dict(raw, base_dir=path.parent, source=str(path))
+
+
+def recipe_from_dict(raw: dict[str, Any], base_dir: Path | str = ".", source: str = "recipe") -> Recipe:
+    problems = unknown_key_problems(raw, Recipe)
+    if problems:
+        raise RecipeError(f"{source}: " + "; ".join(problems), "fix the keys named above (see `slingshot recipe --help-fields`)")
+    try:
+        recipe = Recipe(**raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "recipe"
+            problems.append(f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if _short(err.get("input")) else ""))
+        raise RecipeError(f"{source}: " + "; ".join(problems), "fix the values named above")
+    recipe.base_dir = Path(base_dir)
+    return recipe
+
+
+def _short(value: Any) -> bool:
+    return value is not None and not isinstance(value, dict | list) and len(repr(value)) < 60
+
+
+def unknown_key_problems(raw: Any, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key not in the schema, each with the closest valid key, collected over all sections."""
+    if not isinstance(raw, dict):
+        return []
+    problems = []
+    fields = {name: f for name, f in model.model_fields.items() if name != "base_dir"}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            suggestion = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            problems.append(f"unknown key '{prefix}{key}'{suggestion}")
+            continue
+        annotation = fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            problems += unknown_key_problems(value, annotation, f"{prefix}{key}.")
+    return problems
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides; values are parsed as YAML so numbers, booleans and lists keep their types."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override '{item}' has no '='", "write overrides as --set section.key=value, e.g. --set train.lr=5e-5")
+        dotted, value = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{item}': '{key}' is not a section", "override a field inside a section")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            node[keys[-1]] = value
+    return raw
+
+
+def describe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every field: what `slingshot recipe` prints."""
+    rows = []
+    for name, field in model.model_fields.items():
+        if name == "base_dir":
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += describe_fields(annotation, f"{prefix}{name}.")
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", repr(default), field.description or ""))
+    return rows

@@ -1,0 +1,62 @@
+"""Tasks: the only code that knows what a batch means. The loop, CLI and run directory know nothing of labels.
+
+Adding a task is adding one module that satisfies `Task` and one entry in `TASKS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from datasets import Dataset
+
+from slingshot.errors import RecipeError
+from slingshot.models import ResolvedModel
+from slingshot.recipe import Recipe
+
+
+class Task(Protocol):
+    """What the training loop, `evaluate` and `predict` need from a task."""
+
+    name: str
+
+    def prepare(self, splits: dict[str, Dataset], tokenizer, recipe: Recipe) -> dict[str, Dataset]:
+        """Tokenize every split; each row gets the model inputs, `labels` when known, and a `length` column."""
+        ...
+
+    def build_model(self, resolved: ResolvedModel, recipe: Recipe, label_names: list[str] | None) -> torch.nn.Module:
+        """The model to train, with PEFT applied when recipe.train.method asks for it."""
+        ...
+
+    def collator(self, tokenizer):
+        """A callable turning a list of prepared rows into a batch of tensors."""
+        ...
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Summed loss over the batch and the number of items it sums over (examples or tokens)."""
+        ...
+
+    def outputs(self, logits: torch.Tensor) -> Any:
+        """Turn raw model outputs of one split, in input order, into predictions."""
+        ...
+
+    def metrics(self, predictions: Any, references: list, label_names: list[str] | None) -> dict[str, Any]:
+        """Scores of predictions against references."""
+        ...
+
+    def save(self, model: torch.nn.Module, tokenizer, path: Path) -> None:
+        """A Hugging Face folder that loads without Slingshot."""
+        ...
+
+
+def get_task(name: str) -> Task:
+    from slingshot.tasks.classification import ClassificationTask
+
+    tasks: dict[str, Task] = {
+        "classification": ClassificationTask(regression=False),
+        "regression": ClassificationTask(regression=True),
+    }
+    if name not in tasks:
+        raise RecipeError(f"unknown task '{name}'", f"use one of: {', '.join(tasks)}")
+    return tasks[name]

@@ -1,0 +1,212 @@
+"""Sequence classification (one label per text or text pair) and regression (one number), encoders or decoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from slingshot.batching import PaddingCollator
+from slingshot.errors import ModelError, RecipeError
+from slingshot.metrics import classification_metrics, regression_metrics
+from slingshot.models import ResolvedModel
+from slingshot.recipe import Recipe
+
+# LoRA targets per model family: the attention projections, as in the LoRA paper (Hu et al., 2021, section 4.2).
+LORA_TARGETS = {
+    "bert": ["query", "key", "value"],
+    "roberta": ["query", "key", "value"],
+    "xlm-roberta": ["query", "key", "value"],
+    "electra": ["query", "key", "value"],
+    "distilbert": ["q_lin", "k_lin", "v_lin"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj"],
+    "modernbert": ["Wqkv"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class ClassificationTask:
+    """Cross-entropy over label names, or MSE on one output for regression."""
+
+    def __init__(self, regression: bool):
+        self.regression = regression
+        self.name = "regression" if regression else "classification"
+
+    # ------------------------------------------------------------------------------------------- data
+
+    def prepare(self, splits: dict[str, Dataset], tokenizer, recipe: Recipe) -> dict[str, Dataset]:
+        max_length = min(recipe.model.max_length, _model_max_length(tokenizer))
+
+        def encode(batch: dict[str, list]) -> dict[str, list]:
+            pair = batch.get("text_pair")
+            encoded = tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            if "label" in batch:
+                encoded["labels"] = batch["label"]
+            return encoded
+
+        return {
+            split: dataset.map(encode, batched=True, batch_size=2000, desc=None, keep_in_memory=True)
+            for split, dataset in splits.items()
+        }
+
+    def collator(self, tokenizer) -> PaddingCollator:
+        return PaddingCollator(tokenizer.pad_token_id, torch.float32 if self.regression else torch.long)
+
+    # ------------------------------------------------------------------------------------------- model
+
+    def build_model(self, resolved: ResolvedModel, recipe: Recipe, label_names: list[str] | None) -> torch.nn.Module:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        try:
+            config = AutoConfig.from_pretrained(str(resolved.path))
+        except Exception as exc:
+            raise ModelError(f"cannot read the config of {resolved.path}: {str(exc).splitlines()[0][:200]}") from None
+        if self.regression:
+            config.num_labels = 1
+            config.problem_type = "regression"
+            config.id2label, config.label2id = {0: "score"}, {"score": 0}
+        else:
+            assert label_names is not None
+            config.num_labels = len(label_names)
+            config.problem_type = "single_label_classification"
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {name: i for i, name in enumerate(label_names)}
+        if getattr(config, "pad_token_id", None) is None:
+            # Decoder classifiers (GPT-2) find the last real token through pad_token_id; pad = eos as the tokenizer.
+            config.pad_token_id = getattr(config, "eos_token_id", None)
+        # The new head is reported as missing weights: expected, and noise for our users.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(str(resolved.path), config=config)
+        except ValueError as exc:
+            raise ModelError(
+                f"{resolved.name} cannot be used for sequence classification: {str(exc).splitlines()[0][:200]}",
+                "choose an encoder (BERT family) or decoder (GPT-2 family) model",
+            ) from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if recipe.train.method == "lora":
+            model = apply_lora(model, recipe)
+        return model
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        if self.regression:
+            loss = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
+        else:
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        return loss, labels.shape[0]
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        if self.regression:
+            return {"predicted": logits[:, 0]}
+        probabilities = softmax(logits)
+        return {"predicted": probabilities.argmax(-1), "probabilities": probabilities}
+
+    def metrics(self, outputs: dict[str, np.ndarray], references: list, label_names: list[str] | None) -> dict[str, Any]:
+        if self.regression:
+            return regression_metrics(outputs["predicted"], references)
+        assert label_names is not None
+        return classification_metrics(outputs["predicted"], references, label_names)
+
+    def eval_loss(self, logits: np.ndarray, references: list) -> float:
+        if self.regression:
+            return float(np.mean((logits[:, 0] - np.asarray(references, dtype=float)) ** 2))
+        probabilities = softmax(logits.astype(np.float64))
+        picked = probabilities[np.arange(len(references)), np.asarray(references)]
+        return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+
+    def records(self, dataset: Dataset, outputs: dict[str, np.ndarray], label_names: list[str] | None) -> list[dict]:
+        """One predictions.jsonl line per example: row, text, gold, predicted, probabilities."""
+        rows = []
+        texts = dataset["text"]
+        pairs = dataset["text_pair"] if "text_pair" in dataset.column_names else None
+        gold = dataset["label"] if "label" in dataset.column_names else None
+        lines = dataset["row"] if "row" in dataset.column_names else list(range(len(texts)))
+        for i, text in enumerate(texts):
+            record: dict[str, Any] = {"row": lines[i], "text": text}
+            if pairs is not None:
+                record["text_pair"] = pairs[i]
+            if self.regression:
+                if gold is not None:
+                    record["gold"] = float(gold[i])
+                record["predicted"] = float(outputs["predicted"][i])
+            else:
+                assert label_names is not None
+                if gold is not None:
+                    record["gold"] = label_names[gold[i]]
+                record["predicted"] = label_names[int(outputs["predicted"][i])]
+                record["probability"] = round(float(outputs["probabilities"][i].max()), 6)
+                record["probabilities"] = {
+                    name: round(float(p), 6) for name, p in zip(label_names, outputs["probabilities"][i])
+                }
+            rows.append(record)
+        return rows
+
+    # ------------------------------------------------------------------------------------------- saving
+
+    def save(self, model: torch.nn.Module, tokenizer, path: Path, adapter_path: Path | None = None) -> None:
+        """Full weights in `path` (LoRA merged in, so `pipeline` loads it); the bare adapter in `adapter_path`."""
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            if adapter_path is not None:
+                model.save_pretrained(str(adapter_path))
+            merged = _merged_copy(model)
+            merged.save_pretrained(str(path), safe_serialization=True)
+        else:
+            model.save_pretrained(str(path), safe_serialization=True)
+        tokenizer.save_pretrained(str(path))
+
+
+def _model_max_length(tokenizer) -> int:
+    value = getattr(tokenizer, "model_max_length", None)
+    return int(value) if value and value < 1_000_000 else 1_000_000
+
+
+def apply_lora(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model_type = model.config.model_type
+    targets = recipe.train.lora.target_modules or LORA_TARGETS.get(model_type)
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=recipe.train.lora.r,
+        lora_alpha=recipe.train.lora.alpha,
+        lora_dropout=recipe.train.lora.dropout,
+        target_modules=targets,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise RecipeError(
+            f"LoRA cannot target {targets or 'the default modules'} in a '{model_type}' model: {str(exc)[:160]}",
+            "set train.lora.target_modules to linear layer names of this model",
+        ) from None
+
+
+def _merged_copy(model) -> torch.nn.Module:
+    """The LoRA weights folded into a copy of the base model; the trained PeftModel stays untouched."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()

@@ -1,0 +1,373 @@
+"""The one training loop, on Accelerate, for every task. Read it top to bottom: it runs in this order.
+
+    recipe -> data -> model -> run directory -> batches -> optimizer/schedule -> (resume) -> loop -> best model -> save
+
+The same code runs on a CPU, one GPU, or several processes under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from slingshot.batching import TokenBudgetBatchSampler, padding_fraction
+from slingshot.data import load_data
+from slingshot.errors import RecipeError
+from slingshot.inference import forward_logits
+from slingshot.models import count_parameters, load_tokenizer, resolve_model
+from slingshot.progress import TrainProgress
+from slingshot.recipe import Recipe
+from slingshot.rundir import (
+    ResourceMeter,
+    RunDir,
+    append_jsonl,
+    estimated_cost_usd,
+    open_run,
+    truncate_log,
+    versions,
+    write_json,
+    write_jsonl,
+)
+from slingshot.tasks import get_task
+
+
+@dataclass
+class TrainState:
+    """Counters saved in every checkpoint, so that `--resume` continues exactly where the run stopped."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already consumed by completed optimizer steps
+    best_score: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    train_time_s: float = 0.0  # time in forward/backward/step only, across resumes
+    wall_time_s: float = 0.0  # whole-run wall time, across resumes
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    metrics: dict[str, Any]
+    summary: dict[str, Any]
+    interrupted: bool = False
+
+
+def default_threads() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast or None (fp32). `auto` picks bf16 only on a GPU that supports it: on this CPU bf16 was
+    measured faster per step but is left opt-in until it is measured to keep accuracy (README, Precision)."""
+    precision = recipe.train.precision
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RecipeError("train.precision: bf16 is not supported by this GPU", "use precision: fp32")
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: biases and LayerNorm weights (1-D) are not decayed (BERT's recipe)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(
+    recipe: Recipe,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    stop_after_steps: int | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Fine-tune the recipe's model on its data into `<output.dir>/<name>/`.
+
+    stop_after_steps simulates an interruption: the run checkpoints after that many optimizer steps and returns
+    (interrupted=True), as it does on Ctrl-C. Raises SlingshotError for any fault in the recipe, data or run folder,
+    before anything is written.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    meter = ResourceMeter()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    device = accelerator.device
+    if device.type == "cpu":
+        torch.set_num_threads(recipe.train.threads or default_threads())
+    set_seed(recipe.train.seed)
+    amp_dtype = autocast_dtype(recipe, device)
+
+    # Everything that can fail on the user's input happens before the run directory is touched.
+    task = get_task(recipe.task)
+    data = load_data(recipe)
+    resolved = resolve_model(recipe.model.name, recipe.model.revision)
+    tokenizer = load_tokenizer(resolved.path)
+    encoded = task.prepare(data.splits, tokenizer, recipe)
+    model = task.build_model(resolved, recipe, data.label_names)
+    parameters = count_parameters(model)
+    run = open_run(recipe.output.dir, recipe.name or "run", overwrite=overwrite, resume=resume)
+    if accelerator.is_main_process:
+        run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
+
+    # Batches: length-sorted pools under a token budget, reshuffled every epoch from seed + epoch.
+    train_split = encoded["train"]
+    sampler = TokenBudgetBatchSampler(
+        train_split["length"], recipe.train.tokens_per_batch, recipe.train.max_batch_size,
+        shuffle=True, seed=recipe.train.seed,
+    )
+    collate = task.collator(tokenizer)
+    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in train_split.column_names]
+    # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run's dropout
+    # masks would drift from an uninterrupted one.
+    loader = DataLoader(train_split.select_columns(model_columns), batch_sampler=sampler, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(recipe.train.seed))
+
+    optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay), lr=recipe.train.lr)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accum = recipe.train.grad_accum
+    steps_per_epoch = math.ceil(len(loader) / accum)
+    total_steps = max(1, math.ceil(steps_per_epoch * recipe.train.epochs))
+    schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[recipe.train.schedule]
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(recipe.train.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    scheduler = accelerator.prepare(scheduler)
+
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume:
+        accelerator.load_state(str(run.last_checkpoint))
+        truncate_log(run.train_log, state.step)
+
+    best_is_max = recipe.metric_greater_is_better
+    metric_name = recipe.best_metric
+    eval_split = encoded["eval"]
+
+    def evaluate_now() -> dict[str, Any]:
+        metrics = evaluate_split(task, accelerator.unwrap_model(model), eval_split, collate, data.label_names,
+                                 device, amp_dtype)["metrics"]
+        if metric_name not in metrics:
+            raise RecipeError(f"train.metric '{metric_name}' is not computed for task {recipe.task}",
+                              f"use one of: {', '.join(k for k, v in metrics.items() if isinstance(v, float))}")
+        return metrics
+
+    def save_checkpoint() -> None:
+        # Written beside the old one and renamed, so a crash while saving keeps the previous checkpoint.
+        staging = run.checkpoints / "last.tmp"
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            write_json(staging / "slingshot_state.json", {"step": state.step})
+            if run.last_checkpoint.exists():
+                shutil.rmtree(run.last_checkpoint)
+            os.replace(staging, run.last_checkpoint)
+
+    def save_best() -> None:
+        from safetensors.torch import save_model
+
+        if accelerator.is_main_process:
+            run.best_checkpoint.mkdir(parents=True, exist_ok=True)
+            save_model(accelerator.unwrap_model(model), str(run.best_checkpoint / "model.safetensors"))
+
+    progress = TrainProgress(total_steps, enabled=show_progress and accelerator.is_main_process, start_step=state.step)
+    interrupted = False
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    session_start = time.perf_counter()
+    model.train()
+    try:
+        with progress:
+            while state.step < total_steps and state.epoch < epochs:
+                loader.set_epoch(state.epoch)
+                batches_this_epoch = len(loader)
+                batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+                consumed = state.batch_in_epoch
+                window: list[dict[str, torch.Tensor]] = []
+                stop = False
+                for batch in batches:
+                    window.append(batch)
+                    consumed += 1
+                    if len(window) < accum and consumed < batches_this_epoch:
+                        continue
+                    step_start = time.perf_counter()
+                    # Each example counts once, however the window is cut into batches: the summed loss is
+                    # divided by the examples in the whole window, not averaged per batch.
+                    window_items = sum(int(b["labels"].shape[0]) for b in window)
+                    loss_total = 0.0
+                    for index, micro in enumerate(window):
+                        state.real_tokens += int(micro["attention_mask"].sum())
+                        state.padded_tokens += int(micro["attention_mask"].numel())
+                        sync = index == len(window) - 1
+                        with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
+                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                                loss_sum, _ = task.loss(model, micro)
+                            accelerator.backward(loss_sum / window_items)
+                        loss_total += float(loss_sum.detach())
+                    if recipe.train.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    window = []
+                    state.step += 1
+                    state.batch_in_epoch = consumed
+                    state.train_time_s += time.perf_counter() - step_start
+
+                    loss_value = loss_total / window_items
+                    lr = scheduler.get_last_lr()[0]
+                    tokens_per_s = state.real_tokens / max(state.train_time_s, 1e-9)
+                    progress.step(state.step, loss_value, lr, tokens_per_s, state.epoch)
+                    if state.step % recipe.train.log_every == 0 and accelerator.is_main_process:
+                        append_jsonl(run.train_log, {
+                            "step": state.step, "epoch": round(state.epoch + consumed / batches_this_epoch, 4),
+                            "loss": round(loss_value, 6), "lr": lr, "real_tokens_per_s": round(tokens_per_s, 1),
+                            "elapsed_s": round(state.wall_time_s + time.perf_counter() - session_start, 2),
+                        })
+
+                    end_of_epoch = consumed >= batches_this_epoch
+                    if end_of_epoch:
+                        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    last_step = state.step >= total_steps
+                    due = recipe.train.eval_every is not None and state.step % recipe.train.eval_every == 0
+                    if due or last_step or (end_of_epoch and recipe.train.eval_every is None):
+                        metrics = evaluate_now()
+                        score = float(metrics[metric_name])
+                        improved = state.best_score is None or (
+                            score > state.best_score + recipe.train.early_stopping.min_delta if best_is_max
+                            else score < state.best_score - recipe.train.early_stopping.min_delta
+                        )
+                        if improved:
+                            state.best_score, state.best_step = score, state.step
+                            state.evals_without_improvement = 0
+                            save_best()
+                        else:
+                            state.evals_without_improvement += 1
+                        entry = {"step": state.step, "epoch": state.epoch, metric_name: score,
+                                 "loss": metrics["loss"], "best": improved}
+                        state.evals.append(entry)
+                        progress.evaluation(entry, metric_name)
+                        if accelerator.is_main_process:
+                            append_jsonl(run.train_log, {"step": state.step, "eval": _scalars(metrics)})
+                        patience = recipe.train.early_stopping.patience
+                        if patience is not None and state.evals_without_improvement >= patience:
+                            progress.note(f"early stop: no {metric_name} improvement in {patience} evaluations")
+                            stop = True
+                        state.wall_time_s += time.perf_counter() - session_start
+                        session_start = time.perf_counter()
+                        save_checkpoint()
+                    elif recipe.train.checkpoint_every and state.step % recipe.train.checkpoint_every == 0:
+                        state.wall_time_s += time.perf_counter() - session_start
+                        session_start = time.perf_counter()
+                        save_checkpoint()
+                    if stop_after_steps is not None and state.step >= stop_after_steps and not (stop or last_step):
+                        raise KeyboardInterrupt
+                    if stop or last_step or end_of_epoch:
+                        break
+                if stop:
+                    break
+    except KeyboardInterrupt:
+        # Checkpoint the last completed optimizer step; half-accumulated gradients are dropped.
+        optimizer.zero_grad(set_to_none=True)
+        state.wall_time_s += time.perf_counter() - session_start
+        save_checkpoint()
+        interrupted = True
+    if interrupted:
+        return TrainResult(run, {}, {"optimizer_steps": state.step, "total_steps": total_steps}, interrupted=True)
+
+    # The best evaluation's weights become the model; finished runs keep no optimizer state.
+    state.wall_time_s += time.perf_counter() - session_start
+    unwrapped = accelerator.unwrap_model(model)
+    if run.best_checkpoint.is_dir():
+        from safetensors.torch import load_model
+
+        load_model(unwrapped, str(run.best_checkpoint / "model.safetensors"))
+    metrics: dict[str, Any] = {"best_step": state.best_step, "best_metric": metric_name, "evaluations": state.evals}
+    if accelerator.is_main_process:
+        final_eval = evaluate_split(task, unwrapped, encoded["eval"], collate, data.label_names, device, amp_dtype)
+        metrics["eval"] = final_eval["metrics"]
+        write_jsonl(run.predictions, task.records(data.splits["eval"], final_eval["outputs"], data.label_names))
+        if "test" in encoded:
+            final_test = evaluate_split(task, unwrapped, encoded["test"], collate, data.label_names, device, amp_dtype)
+            metrics["test"] = final_test["metrics"]
+            write_jsonl(run.path / "predictions_test.jsonl",
+                        task.records(data.splits["test"], final_test["outputs"], data.label_names))
+        task.save(unwrapped, tokenizer, run.model, adapter_path=run.adapter)
+        write_json(run.metrics, metrics)
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+
+    figures = meter.figures()
+    lengths = train_split["length"]
+    summary = {
+        "run": str(run.path),
+        "task": recipe.task,
+        "model": resolved.name,
+        "model_route": resolved.route,
+        "method": recipe.train.method,
+        "device": str(device),
+        "processes": accelerator.num_processes,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16" if amp_dtype is not None else "fp32",
+        "parameters": parameters,
+        "train_examples": len(train_split),
+        "eval_examples": len(eval_split),
+        "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count},
+        "optimizer_steps": state.step,
+        "epochs_completed": state.epoch,
+        "wall_time_s": round(state.wall_time_s, 2),
+        "train_time_s": round(state.train_time_s, 2),
+        "cpu_time_s": figures["cpu_time_s"],
+        "peak_rss_mb": figures["peak_rss_mb"],
+        "real_tokens": state.real_tokens,
+        "real_tokens_per_s": round(state.real_tokens / max(state.train_time_s, 1e-9), 1),
+        "padding_fraction": round(1 - state.real_tokens / max(state.padded_tokens, 1), 4),
+        "padding_fraction_epoch0": round(padding_fraction(sampler.batches, lengths), 4),
+        "useful_gflop_per_s": round(6 * parameters["non_embedding"] * state.real_tokens
+                                    / max(state.train_time_s, 1e-9) / 1e9, 2),
+        "price_per_hour_usd": recipe.output.price_per_hour_usd,
+        "estimated_cost_usd": estimated_cost_usd(state.wall_time_s, recipe.output.price_per_hour_usd),
+        "versions": versions(),
+    }
+    if accelerator.is_main_process:
+        write_json(run.summary, summary)
+    return TrainResult(run, metrics, summary)
+
+
+def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype) -> dict[str, Any]:
+    """Metrics (with loss) and outputs of a model on one prepared split."""
+    logits = forward_logits(model, encoded, collate, device=device, autocast_dtype=amp_dtype)
+    outputs = task.outputs(logits)
+    references = encoded["labels"]
+    metrics = task.metrics(outputs, references, label_names)
+    metrics["loss"] = task.eval_loss(logits, references)
+    return {"metrics": metrics, "outputs": outputs}
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if isinstance(v, float | int)}

