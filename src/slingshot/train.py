@@ -270,11 +270,13 @@ def train(
                         else:
                             state.evals_without_improvement += 1
                         entry = {"step": state.step, "epoch": state.epoch, metric_name: score,
-                                 "loss": metrics["loss"], "best": improved}
+                                 "loss": metrics["loss"], "best": improved,
+                                 "elapsed_s": round(state.wall_time_s + time.perf_counter() - session_start, 2)}
                         state.evals.append(entry)
                         progress.evaluation(entry, metric_name)
                         if accelerator.is_main_process:
-                            append_jsonl(run.train_log, {"step": state.step, "eval": _scalars(metrics)})
+                            append_jsonl(run.train_log, {"step": state.step, "elapsed_s": entry["elapsed_s"],
+                                                         "eval": _scalars(metrics)})
                         patience = recipe.train.early_stopping.patience
                         if patience is not None and state.evals_without_improvement >= patience:
                             progress.note(f"early stop: no {metric_name} improvement in {patience} evaluations")
