@@ -76,7 +76,7 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
     bpe.save_model(str(folder))
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    merges = [line for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
               if line and not line.startswith("#")]
     tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges, model_max_length=64)
     tokenizer.save_pretrained(folder)

@@ -321,18 +321,19 @@ def sample(examples: list[dict[str, Any]], limit: int | None, seed: int) -> list
 
 
 def stratified_split(examples: list[dict[str, Any]], fraction: float, seed: int, stratify: bool):
-    from sklearn.model_selection import train_test_split
-
-    labels = [e["label"] for e in examples] if stratify else None
-    if labels is not None:
-        counts: dict[Any, int] = {}
-        for label in labels:
-            counts[label] = counts.get(label, 0) + 1
-        if min(counts.values()) < 2:
-            labels = None  # a class with one example cannot be stratified
-    indices = np.arange(len(examples))
-    train_idx, eval_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
-    return [examples[i] for i in sorted(train_idx)], [examples[i] for i in sorted(eval_idx)]
+    """Hold out `fraction` of the examples, the same share of each class when stratify; seeded; file order kept."""
+    rng = np.random.default_rng(seed)
+    groups: dict[Any, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(example["label"] if stratify else None, []).append(index)
+    held_out: list[int] = []
+    for indices in groups.values():
+        count = round(len(indices) * fraction)
+        if len(indices) >= 2:
+            count = min(max(count, 1), len(indices) - 1)  # every class keeps a training example
+        held_out += rng.permutation(indices)[:count].tolist()
+    chosen = set(held_out)
+    return [e for i, e in enumerate(examples) if i not in chosen], [examples[i] for i in sorted(chosen)]
 
 
 def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = SPLITS) -> LoadedData:

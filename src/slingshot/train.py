@@ -152,7 +152,9 @@ def train(
     loader = DataLoader(train_split.select_columns(model_columns), batch_sampler=sampler, collate_fn=collate,
                         generator=torch.Generator().manual_seed(recipe.train.seed))
 
-    optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay), lr=recipe.train.lr)
+    # fused: one kernel per step and no full-size temporaries (foreach AdamW briefly holds extra copies)
+    optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay), lr=recipe.train.lr,
+                                  fused=device.type in {"cpu", "cuda"})
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accum = recipe.train.grad_accum
     steps_per_epoch = math.ceil(len(loader) / accum)

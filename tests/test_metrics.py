@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+
+from slingshot.metrics import classification_metrics, regression_metrics
+
+
+def test_classification_metrics_match_hand_computed_values():
+    gold = [0, 0, 0, 1, 1, 2]
+    predicted = [0, 0, 1, 1, 0, 2]
+    m = classification_metrics(predicted, gold, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # a: P 2/3 R 2/3; b: P 1/2 R 1/2; c: P 1 R 1
+    assert m["per_class"]["a"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["b"]["f1"] == pytest.approx(0.5)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert m["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
+    assert m["per_class"]["a"]["support"] == 3
+
+
+def test_classification_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    gold, predicted = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    m = classification_metrics(predicted, gold, list("abcd"))
+    assert m["accuracy"] == pytest.approx(accuracy_score(gold, predicted))
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, predicted, average="macro"))
+
+
+def test_class_never_predicted_has_zero_precision_not_nan():
+    m = classification_metrics([0, 0], [0, 1], ["a", "b"])
+    assert m["per_class"]["b"]["precision"] == 0.0
+    assert not math.isnan(m["macro_f1"])
+
+
+def test_regression_metrics_match_hand_computed_values():
+    m = regression_metrics([1.0, 2.0, 4.0], [1.0, 3.0, 3.0])
+    assert m["mae"] == pytest.approx(2 / 3)
+    assert m["rmse"] == pytest.approx(math.sqrt(2 / 3))
+    assert m["spearman"] == pytest.approx(0.8660254, abs=1e-6)
+
+
+def test_regression_metrics_with_constant_predictions_are_finite():
+    m = regression_metrics([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert m["pearson"] == 0.0 and m["spearman"] == 0.0

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slingshot.errors import RecipeError
+from slingshot.recipe import Recipe, describe_fields, load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_field_has_a_default_and_a_description():
+    rows = describe_fields()
+    assert len(rows) > 30
+    for name, _, description in rows:
+        assert description, f"{name} has no description"
+    Recipe()  # every field has a default
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("examples/*/*.yaml")), ids=lambda p: p.parent.name)
+def test_every_example_recipe_validates_and_names_its_run_command(path):
+    recipe = load_recipe(path)
+    assert recipe.data.train is not None
+    assert Path(recipe.resolve_path(recipe.data.train)).exists()
+    assert path.read_text().startswith("# Run: slingshot")
+
+
+def test_unknown_keys_name_the_closest_valid_key_in_every_section(tmp_path):
+    path = write(tmp_path, "trian:\n  lr: 1\ntrain:\n  learning_rate: 0.1\n  epoch: 2\nmodel:\n  nmae: x\n")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    message = error.value.message
+    assert "unknown key 'trian'; did you mean 'train'?" in message
+    assert "unknown key 'train.epoch'; did you mean 'train.epochs'?" in message
+    assert "unknown key 'model.nmae'; did you mean 'model.name'?" in message
+    assert "train.learning_rate" in message
+
+
+def test_invalid_values_are_all_reported_together(tmp_path):
+    path = write(tmp_path, "train:\n  lr: -1\n  method: qlora\nmodel:\n  max_length: 2\n")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    for field in ("train.lr", "train.method", "model.max_length"):
+        assert field in error.value.message
+
+
+def test_overrides_keep_yaml_types_and_create_sections(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 1\n")
+    recipe = load_recipe(path, ["train.lr=5e-5", "train.epochs=2", "data.label_names=[a, b]", "name=other"])
+    assert recipe.train.lr == 5e-5 and recipe.train.epochs == 2
+    assert recipe.data.label_names == ["a", "b"]
+    assert recipe.name == "other"
+
+
+def test_override_without_equals_sign_is_a_clear_error(tmp_path):
+    with pytest.raises(RecipeError, match="no '='"):
+        load_recipe(write(tmp_path, "{}"), ["train.lr"])
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"recipe.yaml:3"):
+        load_recipe(write(tmp_path, "train:\n  lr: 1\n    epochs: 2\n"))
+
+
+def test_missing_recipe_file_is_a_clear_error(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_resolved_recipe_round_trips_with_every_default(tmp_path):
+    recipe = load_recipe(write(tmp_path, "train:\n  lr: 0.001\n"))
+    dumped = yaml.safe_load(recipe.to_yaml())
+    assert dumped["train"]["lr"] == 0.001
+    assert dumped["train"]["tokens_per_batch"] == Recipe().train.tokens_per_batch
+    assert recipe_from_dict(dumped) == recipe_from_dict(dumped)
+
+
+def test_name_defaults_to_the_file_stem(tmp_path):
+    path = tmp_path / "my-task.yaml"
+    path.write_text("{}", encoding="utf-8")
+    assert load_recipe(path).name == "my-task"
+
+
+def test_relative_data_paths_are_read_from_the_recipe_folder(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\na,b\n", encoding="utf-8")
+    recipe = load_recipe(write(tmp_path, "data:\n  train: train.csv\n"))
+    assert recipe.resolve_path(recipe.data.train) == str(tmp_path / "train.csv")
+    assert recipe.resolve_path("glue") == "glue"  # a dataset id stays as it is

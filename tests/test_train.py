@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+from conftest import toy_recipe, toy_rows, write_csv
+
+from slingshot.errors import RunDirError
+from slingshot.recipe import recipe_from_dict
+from slingshot.train import train
+
+
+def run(tmp_path, model, data, **train_fields):
+    return train(recipe_from_dict(toy_recipe(tmp_path, model, data, **train_fields)), show_progress=False)
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_tiny_bert_learns_and_writes_the_run_directory(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, epochs=8)
+    folder = result.run.path
+    assert result.metrics["eval"]["accuracy"] >= 0.9
+    for name in ("recipe.yaml", "metrics.json", "predictions.jsonl", "train_log.jsonl", "summary.json",
+                 "model/config.json", "model/model.safetensors", "model/tokenizer.json"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "checkpoints").exists()  # a finished run keeps no optimizer state
+    config = json.loads((folder / "model/config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 40
+    assert {"row", "text", "gold", "predicted", "probability", "probabilities"} <= set(predictions[0])
+    summary = json.loads((folder / "summary.json").read_text())
+    for key in ("wall_time_s", "cpu_time_s", "peak_rss_mb", "real_tokens_per_s", "padding_fraction",
+                "estimated_cost_usd", "versions"):
+        assert key in summary
+    assert summary["padding_fraction"] < 0.15
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert any("eval" in line for line in log) and any("loss" in line for line in log)
+
+
+def test_saved_model_loads_in_a_transformers_pipeline(tmp_path, tiny_bert, toy_data):
+    from transformers import pipeline
+
+    result = run(tmp_path, tiny_bert, toy_data, epochs=8)
+    classify = pipeline("text-classification", model=str(result.run.model), device="cpu")
+    outputs = classify(["the film was great", "the plot was awful"])
+    assert [o["label"] for o in outputs] == ["pos", "neg"]
+
+
+def test_gpt2_classifier_gets_pad_equal_to_eos(tmp_path, tiny_gpt2, toy_data):
+    result = run(tmp_path, tiny_gpt2, toy_data, epochs=6)
+    config = json.loads((result.run.model / "config.json").read_text())
+    assert config["pad_token_id"] == config["eos_token_id"]
+    assert result.metrics["eval"]["accuracy"] >= 0.8
+
+
+def test_lora_saves_adapter_and_merged_model(tmp_path, tiny_bert, toy_data):
+    from transformers import pipeline
+
+    result = run(tmp_path, tiny_bert, toy_data, method="lora", epochs=20, lr=5e-3, lora={"r": 8, "alpha": 16})
+    assert (result.run.adapter / "adapter_config.json").is_file()
+    assert not (result.run.model / "adapter_config.json").exists()  # model/ holds plain merged weights
+    assert result.summary["parameters"]["trainable"] < result.summary["parameters"]["total"] / 2
+    assert result.metrics["eval"]["accuracy"] >= 0.75
+    # the merged weights predict what the trained adapter predicted
+    predictions = [json.loads(line) for line in (result.run.predictions).read_text().splitlines()]
+    merged = pipeline("text-classification", model=str(result.run.model), device="cpu")
+    assert [o["label"] for o in merged([p["text"] for p in predictions])] == [p["predicted"] for p in predictions]
+
+
+def test_regression_learns_a_score(tmp_path, tiny_bert):
+    rows = [(text, 1.0 if label == "pos" else 0.0) for text, label in toy_rows(160, seed=1)]
+    data = {"train": write_csv(tmp_path / "train.csv", rows),
+            "eval": write_csv(tmp_path / "dev.csv", [(t, 1.0 if l == "pos" else 0.0) for t, l in toy_rows(40, 2)])}
+    raw = toy_recipe(tmp_path, tiny_bert, data, epochs=8)
+    raw["task"] = "regression"
+    result = train(recipe_from_dict(raw), show_progress=False)
+    assert result.metrics["eval"]["pearson"] > 0.8
+    assert result.metrics["best_metric"] == "rmse"
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_bert, toy_data):
+    fields = dict(epochs=3, eval_every=4)  # checkpoints at steps 4, 8, ...; dropout stays on
+    straight = run(tmp_path / "a", tiny_bert, toy_data, **fields)
+    raw = toy_recipe(tmp_path / "b", tiny_bert, toy_data, **fields)
+    stopped = train(recipe_from_dict(raw), show_progress=False, stop_after_steps=10)
+    assert stopped.interrupted and (stopped.run.path / "checkpoints" / "last").is_dir()
+    resumed = train(recipe_from_dict(raw), show_progress=False, resume=True)
+    assert resumed.summary["optimizer_steps"] == straight.summary["optimizer_steps"]
+    a, b = weights(straight.run.model), weights(resumed.run.model)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert resumed.metrics["eval"]["accuracy"] == straight.metrics["eval"]["accuracy"]
+
+
+def test_finished_run_is_never_overwritten_without_the_flag(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, epochs=1)
+    before = (result.run.model / "model.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="already holds a finished run"):
+        run(tmp_path, tiny_bert, toy_data, epochs=1)
+    assert (result.run.model / "model.safetensors").read_bytes() == before
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=1)
+    train(recipe_from_dict(raw), show_progress=False, overwrite=True)
+
+
+def test_interrupted_run_asks_for_resume(tmp_path, tiny_bert, toy_data):
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=2)
+    train(recipe_from_dict(raw), show_progress=False, stop_after_steps=2)
+    with pytest.raises(RunDirError) as error:
+        train(recipe_from_dict(raw), show_progress=False)
+    assert "--resume" in error.value.hint
+
+
+def test_early_stopping_stops_and_keeps_the_best_model(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, epochs=40, eval_every=5, lr=3e-3,
+                 early_stopping={"patience": 2, "min_delta": 0.0})
+    evaluations = result.metrics["evaluations"]
+    assert result.summary["optimizer_steps"] < 40 * 10  # stopped before the last epoch
+    best = max(e["accuracy"] for e in evaluations)
+    assert result.metrics["eval"]["accuracy"] == pytest.approx(best)
+    assert evaluations[-1]["best"] is False and evaluations[-2]["best"] is False
+
+
+def test_gradient_accumulation_and_cosine_schedule_run(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, epochs=2, grad_accum=3, schedule="cosine")
+    assert result.summary["optimizer_steps"] >= 2
