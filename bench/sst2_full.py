@@ -1,7 +1,8 @@
 """Full SST-2 fine-tuning with Slingshot's defaults: dev accuracy, speed, memory and time to 90% dev accuracy.
 
-Full-size run (all 67,349 train rows, Slingshot's default 3 epochs, the 872 GLUE dev rows; hours on 2 CPU cores):
-    .venv/bin/python bench/sst2_full.py > bench/results/sst2_full.json
+Full-size run (all 67,349 train rows, Slingshot's default 3 epochs, the 872 GLUE dev rows; long on 2 CPU cores,
+so run it on an otherwise idle machine):
+    mkdir -p bench/results && .venv/bin/python bench/sst2_full.py > bench/results/sst2_full.json
 Smoke test:
     .venv/bin/python bench/sst2_full.py --limit 500 --epochs 1 --out /tmp/bench-smoke
 

@@ -1,8 +1,8 @@
 """Training throughput on CPU: Slingshot's defaults vs a tuned Hugging Face Trainer vs the pad-to-512 blog recipe.
 
-Full-size run (4,000 seeded-shuffled SST-2 train rows, 200 of them for the slow padded recipe; roughly an hour on
-2 CPU cores, most of it the padded recipe):
-    .venv/bin/python bench/throughput.py > bench/results/throughput.json
+Full-size run (4,000 seeded-shuffled SST-2 train rows, 200 of them for the slow padded recipe, which takes most of
+the time; run it on an otherwise idle machine):
+    mkdir -p bench/results && .venv/bin/python bench/throughput.py > bench/results/throughput.json
 Smoke test:
     .venv/bin/python bench/throughput.py --rows 300 --padded-rows 8
 
@@ -134,11 +134,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def main() -> None:
     args = parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if unknown := set(systems) - set(SYSTEMS):
-        raise SystemExit(f"error: unknown system(s) {sorted(unknown)}; choose from {SYSTEMS}")
+    if not systems or (unknown := set(systems) - set(SYSTEMS)):
+        raise SystemExit(f"error: --systems {args.systems!r}: choose one or more of {','.join(SYSTEMS)}")
     warn_if_busy()
     sentences, labels = shuffled_subset(*read_sst2("train"), args.rows, args.seed)
     dev_tsv = str(sst2_path("dev"))
+    dev_rows = len(read_tsv(Path(dev_tsv))[0])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="slingshot-bench-") as tmp:
         # One file with the chosen rows: Slingshot reads it as data.train, the Trainers read the same file.
@@ -169,7 +170,7 @@ def main() -> None:
     s_wall_tps = s["real_tokens"] / s["loop_wall_s"] if s.get("loop_wall_s") else None
     emit({
         "benchmark": "throughput",
-        "rows": len(sentences), "padded_rows": min(args.padded_rows, len(sentences)), "dev_rows": 872,
+        "rows": len(sentences), "padded_rows": min(args.padded_rows, len(sentences)), "dev_rows": dev_rows,
         "seed": args.seed,
         "systems": results,
         "non_embedding_parameters": params,

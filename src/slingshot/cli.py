@@ -36,16 +36,21 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupt
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 
-@app.callback()
-def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from slingshot import __version__
 
         out.print(f"slingshot {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Fine-tune small models that beat big ones on your task: offline first, measured."""
 
 
 def _recipe(path: Path, overrides: list[str] | None):
@@ -299,7 +304,9 @@ def main() -> None:
     debug = "--debug" in sys.argv
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit codes
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SlingshotError as error:
         if debug:
             raise

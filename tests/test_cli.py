@@ -1,0 +1,166 @@
+"""The `slingshot` command end to end, in-process: exit codes, one-line errors, nothing overwritten."""
+
+import json
+import sys
+
+import pytest
+import yaml
+from conftest import toy_recipe, write_csv
+
+from slingshot.cli import main
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    def invoke(*args):
+        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+@pytest.fixture
+def recipe_file(tmp_path, tiny_bert, toy_data):
+    def make(**train):
+        raw = toy_recipe(tmp_path, tiny_bert, toy_data, **train)
+        path = tmp_path / "toy.yaml"
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        return path
+
+    return make
+
+
+def assert_one_clear_error(code, err, *fragments):
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.startswith("error: ")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("hint: ") or len(lines) == 1
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+@pytest.mark.parametrize("command", ["run", "train", "inspect", "evaluate", "predict", "fields"])
+def test_every_command_has_help_with_an_example(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0
+    assert "Example" in out
+
+
+def test_version(cli):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("slingshot ")
+
+
+def test_train_predict_evaluate_round_trip(cli, recipe_file, tmp_path, toy_data):
+    path = recipe_file(epochs=8)
+    code, out, err = cli("train", path)
+    assert code == 0, err
+    assert "accuracy" in out and "confusion matrix" in out
+    run_dir = tmp_path / "runs" / "toy"
+
+    code, out, _ = cli("predict", run_dir, "the film was great", "--json")
+    assert code == 0
+    record = json.loads(out.strip().splitlines()[0])
+    assert record["predicted"] == "pos" and 0.5 < record["probability"] <= 1
+
+    output = tmp_path / "predictions.jsonl"
+    code, _, err = cli("predict", run_dir, "--input", toy_data["eval"], "--output", output)
+    assert code == 0, err
+    assert len(output.read_text().splitlines()) == 40
+    code, _, err = cli("predict", run_dir, "--input", toy_data["eval"], "--output", output)
+    assert_one_clear_error(code, err, "already exists")
+
+    code, out, _ = cli("evaluate", run_dir, "--data", toy_data["eval"], "--json")
+    assert code == 0
+    assert json.loads(out)["accuracy"] >= 0.9
+
+
+def test_run_inspects_then_trains(cli, recipe_file):
+    code, out, err = cli("run", recipe_file(epochs=2))
+    assert code == 0, err
+    assert "data (" in out and "eval metrics" in out
+
+
+def test_recipe_typo_is_one_clear_error(cli, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  epoch: 2\n", encoding="utf-8")
+    code, _, err = cli("train", path)
+    assert_one_clear_error(code, err, "did you mean 'train.epochs'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unresolvable_model_lists_what_was_tried(cli, recipe_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = cli("train", recipe_file(), "--set", "model.name=nobody/no-such-model")
+    assert_one_clear_error(code, err, "cannot find model 'nobody/no-such-model'", "Hugging Face cache", "hub")
+    assert not (tmp_path / "runs" / "toy").exists()  # nothing written
+
+
+def test_missing_data_file_is_one_clear_error(cli, recipe_file, tmp_path):
+    code, _, err = cli("train", recipe_file(), "--set", f"data.train={tmp_path / 'missing.csv'}")
+    assert_one_clear_error(code, err, "missing.csv")
+
+
+def test_missing_column_lists_columns_found(cli, recipe_file):
+    code, _, err = cli("train", recipe_file(), "--set", "data.text_column=sentence")
+    assert_one_clear_error(code, err, "'sentence' not found", "columns found: text, label")
+
+
+def test_malformed_row_and_non_utf8_name_file_and_line(cli, recipe_file, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\ngood,pos\nbad,neg,extra\n", encoding="utf-8")
+    code, _, err = cli("train", recipe_file(), "--set", f"data.train={bad}")
+    assert_one_clear_error(code, err, "bad.csv:3")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9,pos\n".encode("latin-1"))
+    code, _, err = cli("train", recipe_file(), "--set", f"data.train={latin}")
+    assert_one_clear_error(code, err, "latin.csv:2", "UTF-8")
+
+
+def test_single_class_and_unseen_eval_label_are_refused(cli, recipe_file, tmp_path):
+    one = write_csv(tmp_path / "one.csv", [("good", "pos"), ("great", "pos")])
+    code, _, err = cli("train", recipe_file(), "--set", f"data.train={one}")
+    assert_one_clear_error(code, err, "single class")
+    dev = write_csv(tmp_path / "dev3.csv", [("meh", "neutral"), ("good", "pos")])
+    code, _, err = cli("train", recipe_file(), "--set", f"data.eval={dev}")
+    assert_one_clear_error(code, err, "'neutral'", "never occurs in training")
+
+
+def test_finished_run_is_not_overwritten(cli, recipe_file, tmp_path):
+    path = recipe_file(epochs=1)
+    assert cli("train", path)[0] == 0
+    model = tmp_path / "runs" / "toy" / "model" / "model.safetensors"
+    before = model.read_bytes()
+    code, _, err = cli("train", path)
+    assert_one_clear_error(code, err, "already holds a finished run", "--overwrite")
+    assert model.read_bytes() == before
+    assert cli("train", path, "--overwrite")[0] == 0
+
+
+def test_inspect_reports_problems_with_counts_and_examples(cli, recipe_file, tmp_path):
+    train = write_csv(tmp_path / "t.csv", [("good film", "pos"), ("good film", "pos"), ("  ", "neg"), ("bad", "neg"),
+                                           ("dull", "neg")])
+    dev = write_csv(tmp_path / "d.csv", [("good film", "pos"), ("meh", "neutral")])
+    code, out, _ = cli("inspect", recipe_file(), "--set", f"data.train={train}", "--set", f"data.eval={dev}", "--json")
+    assert code == 1  # an error-level problem: the unseen label
+    report = json.loads(out)
+    checks = {p["check"]: p for p in report["problems"]}
+    assert checks["empty or whitespace texts (skipped)"]["count"] == 1
+    assert checks["exact duplicate texts"]["count"] == 1
+    assert checks["texts also in train (leakage)"]["count"] == 1
+    assert checks["label never seen in training"]["example"] == "'neutral'"
+    assert report["splits"]["train"]["rows"] == 4
+    assert report["splits"]["train"]["labels"] == {"neg": 2, "pos": 2}
+    assert set(report["splits"]["train"]["token_lengths"]) == {"p50", "p90", "p95", "p99", "max"}
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(cli, tmp_path):
+    code, _, err = cli("predict", tmp_path / "no-run", "text")
+    assert_one_clear_error(code, err, "run directory not found")
