@@ -80,6 +80,9 @@ def test_train_predict_evaluate_round_trip(cli, recipe_file, tmp_path, toy_data)
     code, out, _ = cli("evaluate", run_dir, "--data", toy_data["eval"], "--json")
     assert code == 0
     assert json.loads(out)["accuracy"] >= 0.9
+    code, out, _ = cli("evaluate", run_dir, "--json")  # default: the eval file named in the run's recipe
+    assert code == 0
+    assert json.loads(out)["examples"] == 40
 
 
 def test_run_inspects_then_trains(cli, recipe_file):
@@ -164,3 +167,9 @@ def test_inspect_reports_problems_with_counts_and_examples(cli, recipe_file, tmp
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(cli, tmp_path):
     code, _, err = cli("predict", tmp_path / "no-run", "text")
     assert_one_clear_error(code, err, "run directory not found")
+
+
+def test_debug_flag_shows_the_traceback(cli, tmp_path):
+    with pytest.raises(Exception) as error:
+        cli("--debug", "predict", tmp_path / "no-run", "text")
+    assert "run directory not found" in str(error.value)

@@ -149,3 +149,13 @@ def test_load_file_reads_labels_only_when_present(tmp_path):
     assert labelled["label"] == [1, 0] and "label" not in unlabelled.column_names
     with pytest.raises(DataError, match="'label' not found"):
         load_file(str(tmp_path / "u.csv"), r, ["neg", "pos"], need_label=True)
+
+
+def test_unreachable_hub_dataset_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError) as error:
+        load_data(recipe(tmp_path, train="nobody/no-such-dataset"))
+    assert "cannot load Hugging Face dataset 'nobody/no-such-dataset'" in error.value.message
+    assert "local file" in error.value.hint

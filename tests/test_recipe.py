@@ -92,3 +92,9 @@ def test_relative_data_paths_are_read_from_the_recipe_folder(tmp_path):
     recipe = load_recipe(write(tmp_path, "data:\n  train: train.csv\n"))
     assert recipe.resolve_path(recipe.data.train) == str(tmp_path / "train.csv")
     assert recipe.resolve_path("glue") == "glue"  # a dataset id stays as it is
+
+
+def test_metric_must_be_one_the_task_computes(tmp_path):
+    with pytest.raises(RecipeError, match="train.metric 'pearson' is not computed for task classification"):
+        load_recipe(write(tmp_path, "train:\n  metric: pearson\n"))
+    assert load_recipe(write(tmp_path, "task: regression\ntrain:\n  metric: pearson\n")).metric_greater_is_better

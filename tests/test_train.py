@@ -135,3 +135,11 @@ def test_training_stops_when_the_target_metric_is_reached(tmp_path, tiny_bert, t
     assert result.metrics["evaluations"][-1]["accuracy"] >= 0.8
     assert result.summary["optimizer_steps"] < 200
     assert all(e["accuracy"] < 0.8 for e in result.metrics["evaluations"][:-1])
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, tiny_bert, toy_data):
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=2)
+    train(recipe_from_dict(raw), show_progress=False, stop_after_steps=2)
+    raw["train"]["lr"] = 1e-2
+    with pytest.raises(RunDirError, match="recipe changed since run .* started: train.lr"):
+        train(recipe_from_dict(raw), show_progress=False, resume=True)

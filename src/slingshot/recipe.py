@@ -12,6 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from slingshot.errors import RecipeError
 
 
+# Metrics each task computes on evaluation, any of which can pick the best model (train.metric).
+METRICS = {
+    "classification": ("accuracy", "macro_f1", "loss"),
+    "regression": ("rmse", "mae", "pearson", "spearman", "loss"),
+}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -127,8 +134,14 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Recipe":
+        problems = []
         if self.task == "regression" and self.data.label_names:
-            raise ValueError("data.label_names is only for classification; remove it for task: regression")
+            problems.append("data.label_names is only for classification; remove it for task: regression")
+        if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:
+            problems.append(f"train.metric '{self.train.metric}' is not computed for task {self.task}; "
+                            f"use one of: auto, {', '.join(METRICS[self.task])}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -139,7 +152,7 @@ class Recipe(Section):
 
     @property
     def metric_greater_is_better(self) -> bool:
-        return self.best_metric not in {"loss", "eval_loss", "mae", "rmse", "mse"}
+        return self.best_metric not in {"loss", "mae", "rmse"}
 
     def resolve_path(self, value: str | None) -> str | None:
         """A data path relative to the recipe's folder; a dataset id or absolute path is returned unchanged."""
@@ -150,7 +163,7 @@ class Recipe(Section):
             return str(path)
         local = self.base_dir / path
         if local.exists() or looks_like_path(value):
-            return str(local)
+            return str(local.resolve())
         return value
 
     def to_yaml(self) -> str:
@@ -197,6 +210,11 @@ def recipe_from_dict(raw: dict[str, Any], base_dir: Path | str = ".", source: st
             problems.append(f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if _short(err.get("input")) else ""))
         raise RecipeError(f"{source}: " + "; ".join(problems), "fix the values named above")
     recipe.base_dir = Path(base_dir)
+    # Data paths become absolute here, so the recipe saved into a run still points at the same files.
+    for split in ("train", "eval", "test"):
+        value = getattr(recipe.data, split)
+        if value is not None:
+            setattr(recipe.data, split, recipe.resolve_path(value))
     return recipe
 
 
