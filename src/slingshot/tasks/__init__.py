@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from datasets import Dataset
 
@@ -37,16 +38,24 @@ class Task(Protocol):
         """Summed loss over the batch and the number of items it sums over (examples or tokens)."""
         ...
 
-    def outputs(self, logits: torch.Tensor) -> Any:
-        """Turn raw model outputs of one split, in input order, into predictions."""
+    def outputs(self, logits: np.ndarray) -> Any:
+        """Turn the logits of one split, in input order, into predictions."""
         ...
 
     def metrics(self, predictions: Any, references: list, label_names: list[str] | None) -> dict[str, Any]:
         """Scores of predictions against references."""
         ...
 
-    def save(self, model: torch.nn.Module, tokenizer, path: Path) -> None:
-        """A Hugging Face folder that loads without Slingshot."""
+    def eval_loss(self, logits: np.ndarray, references: list) -> float:
+        """The training loss, averaged per item, on an evaluation split."""
+        ...
+
+    def records(self, dataset: Dataset, predictions: Any, label_names: list[str] | None) -> list[dict]:
+        """One predictions.jsonl line per example of the (untokenized) split."""
+        ...
+
+    def save(self, model: torch.nn.Module, tokenizer, path: Path, adapter_path: Path | None = None) -> None:
+        """A Hugging Face folder that loads without Slingshot (and the bare adapter, for PEFT models)."""
         ...
 
 
