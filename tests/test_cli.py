@@ -173,3 +173,11 @@ def test_debug_flag_shows_the_traceback(cli, tmp_path):
     with pytest.raises(Exception) as error:
         cli("--debug", "predict", tmp_path / "no-run", "text")
     assert "run directory not found" in str(error.value)
+
+
+def test_train_reports_skipped_empty_texts(cli, recipe_file, tmp_path):
+    rows = [(f"good film {i}", "pos") for i in range(8)] + [(f"bad film {i}", "neg") for i in range(8)] + [("  ", "pos")]
+    train = write_csv(tmp_path / "with-empty.csv", rows)
+    code, _, err = cli("train", recipe_file(epochs=1), "--set", f"data.train={train}")
+    assert code == 0
+    assert "skipped 1 empty or whitespace texts in train" in err

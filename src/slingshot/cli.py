@@ -145,6 +145,8 @@ def _render_result(result, recipe_path: Path) -> None:
     if "test" in result.metrics:
         _render_metrics(result.metrics["test"], "test")
     s = result.summary
+    for split, count in s.get("skipped_empty_texts", {}).items():
+        err.print(f"skipped {count} empty or whitespace texts in {split} (`slingshot inspect` shows where)")
     out.print(f"run: {s['run']}  (model in {s['run']}/model)")
     out.print(f"wall {s['wall_time_s']:.0f} s, {s['real_tokens_per_s']:,.0f} real tokens/s, padding "
               f"{s['padding_fraction']:.1%}, peak RSS {s['peak_rss_mb']:.0f} MB, est. cost ${s['estimated_cost_usd']:.4f}",
