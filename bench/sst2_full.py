@@ -21,7 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-from common import LABEL_NAMES, MODEL_NAME, REPO, emit, log, machine_info, peak_rss_mb, sst2_path
+from common import (
+    LABEL_NAMES,
+    MODEL_NAME,
+    REPO,
+    emit,
+    log,
+    machine_info,
+    peak_rss_mb,
+    sst2_path,
+)
 
 TARGET_ACCURACY = 0.91
 

@@ -27,9 +27,23 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import (LABEL_NAMES, MODEL_NAME, emit, log, machine_info, matmul_gflops, model_dir,
-                    non_embedding_parameters, read_sst2, read_tsv, run_isolated, shuffled_subset, sst2_path,
-                    warn_if_busy, write_tsv)
+from common import (
+    LABEL_NAMES,
+    MODEL_NAME,
+    emit,
+    log,
+    machine_info,
+    matmul_gflops,
+    model_dir,
+    non_embedding_parameters,
+    read_sst2,
+    read_tsv,
+    run_isolated,
+    shuffled_subset,
+    sst2_path,
+    warn_if_busy,
+    write_tsv,
+)
 from hf_baseline import CountingCollator, hf_dataset, hf_model, tuned_training_args
 
 SYSTEMS = ("slingshot", "tuned", "padded")
@@ -134,7 +148,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def main() -> None:
     args = parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if not systems or (unknown := set(systems) - set(SYSTEMS)):
+    if not systems or set(systems) - set(SYSTEMS):
         raise SystemExit(f"error: --systems {args.systems!r}: choose one or more of {','.join(SYSTEMS)}")
     warn_if_busy()
     sentences, labels = shuffled_subset(*read_sst2("train"), args.rows, args.seed)

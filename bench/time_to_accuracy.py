@@ -21,8 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (LABEL_NAMES, MODEL_NAME, emit, log, machine_info, model_dir, read_sst2,
-                    read_tsv, run_isolated, shuffled_subset, sst2_path, warn_if_busy, write_tsv)
+from common import (
+    LABEL_NAMES,
+    MODEL_NAME,
+    emit,
+    log,
+    machine_info,
+    model_dir,
+    read_sst2,
+    read_tsv,
+    run_isolated,
+    shuffled_subset,
+    sst2_path,
+    warn_if_busy,
+    write_tsv,
+)
 from hf_baseline import hf_dataset, hf_model, tuned_training_args
 
 TARGET_RATIO = 0.7
@@ -62,7 +75,12 @@ def run_trainer(train_tsv: str, dev_tsv: str, out_dir: str, threads: int, seed: 
                 max_epochs: float, target: float) -> dict:
     import numpy as np
     import torch
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+    )
 
     start = time.perf_counter()
     torch.set_num_threads(threads)

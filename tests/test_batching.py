@@ -1,7 +1,12 @@
 import numpy as np
 import torch
 
-from slingshot.batching import PaddingCollator, TokenBudgetBatchSampler, padding_fraction, token_budget_batches
+from slingshot.batching import (
+    PaddingCollator,
+    TokenBudgetBatchSampler,
+    padding_fraction,
+    token_budget_batches,
+)
 
 
 def lengths(n=2000, seed=0):

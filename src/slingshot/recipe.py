@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from slingshot.errors import RecipeError
 
-
 # Metrics each task computes on evaluation, any of which can pick the best model (train.metric).
 METRICS = {
     "classification": ("accuracy", "macro_f1", "loss"),
