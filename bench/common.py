@@ -13,7 +13,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import sys
 import time
 import traceback
@@ -124,19 +123,10 @@ def matmul_gflops(threads: int = 2, size: int = 2048, repeats: int = 10) -> floa
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB.
+    """Peak resident memory of this process in MiB (VmHWM on Linux: unlike ru_maxrss it is not inherited)."""
+    from slingshot.rundir import peak_rss_bytes
 
-    Prefers /proc VmHWM: ru_maxrss survives exec, so a child spawned from a 800 MB parent reports >= 800 MB even if
-    it never used that much (measured here). VmHWM belongs to the process's own address space. ru_maxrss elsewhere.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) * 1024 / 2**20, 1)
-    except OSError:
-        pass
-    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: kilobytes on Linux, bytes on macOS
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
+    return round(peak_rss_bytes() / 2**20, 1)
 
 
 def _child(fn: Callable[..., dict], args: tuple, queue) -> None:

@@ -54,7 +54,6 @@ class LoadedData:
     sources: dict[str, str]
     skipped: dict[str, Skipped]
     unseen_eval_labels: dict[str, dict[str, int]] = field(default_factory=dict)
-    held_out_from_train: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -363,13 +362,11 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
             raise DataError(f"{rows.source}: no usable rows (all {skipped[split].count} texts are empty)",
                             "check data.text_column points at the text")
 
-    held_out = False
     if "eval" not in raw:
         stratify = recipe.task == "classification"
         raw["train"], raw["eval"] = stratified_split(raw["train"], recipe.data.eval_fraction, recipe.data.seed, stratify)
         shown_sources["eval"] = f"{shown_sources['train']} (held out {recipe.data.eval_fraction:.0%}, seed {recipe.data.seed})"
         skipped["eval"] = Skipped()
-        held_out = True
 
     label_names = None
     unseen: dict[str, dict[str, int]] = {}
@@ -415,7 +412,7 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
             continue
         examples = sample(examples, limits[split], recipe.data.seed)
         datasets[split] = Dataset.from_list(examples)
-    return LoadedData(datasets, label_names, shown_sources, skipped, unseen, held_out)
+    return LoadedData(datasets, label_names, shown_sources, skipped, unseen)
 
 
 def load_file(path: str, recipe: Recipe, label_names: list[str] | None, *, need_label: bool | None) -> tuple[Dataset, Skipped]:
