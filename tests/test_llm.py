@@ -7,7 +7,14 @@ import socket
 import pytest
 from llm_server import Hang, Raw, Status, completion
 
-from slingshot.llm import ChatRequest, LLMClient, LLMError, prices_per_1m_usd, slingshot_home, token_cost_usd
+from slingshot.llm import (
+    ChatRequest,
+    LLMClient,
+    LLMError,
+    prices_per_1m_usd,
+    slingshot_home,
+    token_cost_usd,
+)
 from slingshot.recipe import LLMSection
 
 

@@ -177,7 +177,7 @@ class LLMClient:
         if key:
             return key
         host = urlparse(self.base_url).hostname or ""
-        if host.endswith("openai.com") or host.endswith("azure.com"):
+        if host.endswith(("openai.com", "azure.com")):
             raise LLMError(f"environment variable {self.endpoint.api_key_env} is not set ({self.base_url} needs a key)",
                            f"export {self.endpoint.api_key_env}=<your key>, or name another variable in "
                            "llm.api_key_env")
