@@ -70,7 +70,8 @@ class FakeLLM:
                     time.sleep(answer.seconds)
                     answer = "late"
                 if isinstance(answer, Status):
-                    headers = {"retry-after": "0"} if answer.code == 429 else {}
+                    # a short server-directed delay keeps retry tests fast (the client honours retry-after-ms)
+                    headers = {"retry-after-ms": "5"} if answer.code == 429 or answer.code >= 500 else {}
                     return self._send(answer.code, {"error": {"message": answer.message, "type": "scripted"}}, headers)
                 if isinstance(answer, Raw):
                     return self._send_bytes(200, answer.body)

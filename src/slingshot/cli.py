@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from slingshot.errors import SlingshotError
@@ -134,6 +136,8 @@ def run(recipe: RecipeArg, set_: SetOpt = None, overwrite: OverwriteOpt = False,
                              "fix the data (see the report above), then run again")
     result = run_training(loaded, overwrite=overwrite, resume=resume)
     _render_result(result, recipe)
+    if loaded.compare.baselines and not result.interrupted:
+        _compare(str(result.run.path), loaded.compare, force=overwrite)
 
 
 def _render_result(result, recipe_path: Path) -> None:
@@ -260,6 +264,69 @@ def predict(
 def _refuse_existing(path: Path | None) -> None:
     if path is not None and path.exists():
         raise SlingshotError(f"{path} already exists; it is not overwritten", "choose another --output path or delete it")
+
+
+# ------------------------------------------------------------------------------------------------ compare
+
+
+@app.command()
+def compare(
+    run_dir: RunArg,
+    baseline: Annotated[list[str] | None, typer.Option(
+        "--baseline", help="majority, embedding, llm, or another run's directory (repeatable). "
+        "Default: the recipe's compare.baselines.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Labelled file to compare on (default: --split).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="eval or test split of the run's data.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Compare on a seeded sample of N examples.")] = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the run's existing comparison.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare a fine-tuned run with baselines on the same examples: metrics with confidence intervals,
+    McNemar tests, latency, cost per 1,000 predictions and a verdict. Writes comparison.json/.md into the run.
+
+    Examples:
+      slingshot compare runs/sst2 --baseline majority --baseline embedding
+      slingshot compare runs/sst2 --baseline llm --set compare.llm.model=gpt-4o-mini --limit 200
+      slingshot compare runs/sst2 --baseline llm --set compare.llm.base_url=http://localhost:11434/v1 \\
+          --set compare.llm.model=llama3.1:8b --set compare.shots=8
+    """
+    from slingshot.recipe import apply_overrides, recipe_from_dict
+    from slingshot.rundir import find_run
+
+    run_path = find_run(str(run_dir))
+    raw = yaml.safe_load(run_path.recipe.read_text(encoding="utf-8")) if run_path.recipe.is_file() else {}
+    overrides = [item if item.startswith("compare.") else f"compare.{item}" for item in set_ or []]
+    options = recipe_from_dict(apply_overrides(raw or {}, overrides), source=str(run_path.recipe)).compare
+    updates: dict[str, Any] = {}
+    if baseline:
+        updates["baselines"] = baseline
+    if split is not None:
+        updates["split"] = split
+    if limit is not None:
+        updates["limit"] = limit
+    options = options.model_validate({**options.model_dump(), **updates})
+    _compare(str(run_path.path), options, data=str(data) if data else None, force=force, as_json=as_json)
+
+
+def _compare(run_path: str, options, data: str | None = None, force: bool = False, as_json: bool = False) -> None:
+    from slingshot.compare import compare_run
+
+    done = {"count": 0}
+
+    def on_llm_result(index: int, result) -> None:
+        done["count"] += 1
+        if done["count"] % 100 == 0:
+            err.print(f"  llm answers: {done['count']}", highlight=False)
+
+    comparison = compare_run(run_path, options, data_path=data, force=force, on_llm_result=on_llm_result,
+                             log=lambda message: err.print(message, highlight=False))
+    if as_json:
+        out.print_json(json.dumps(comparison.report))
+        return
+    out.print(Markdown(comparison.markdown))
+    out.print(f"written: {comparison.paths['json']}, {comparison.paths['markdown'].name}, "
+              f"{comparison.paths['disagreements'].name}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------ fields

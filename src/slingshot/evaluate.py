@@ -62,6 +62,20 @@ def predict_texts(loaded: LoadedRun, texts: list[str], pairs: list[str] | None =
     return _predict(loaded, Dataset.from_dict(columns))
 
 
+def predict_labels(loaded: LoadedRun, texts: list[str], pairs: list[str] | None = None) -> list:
+    """Just the predicted label name (or number, for regression) of each text, in input order; the fast path
+    for comparisons and latency measurements."""
+    from slingshot.inference import encode_texts, forward_logits
+    from slingshot.tasks.classification import _model_max_length
+
+    max_length = min(loaded.recipe.model.max_length, _model_max_length(loaded.tokenizer))
+    encoded = encode_texts(loaded.tokenizer, texts, pairs, max_length)
+    logits = forward_logits(loaded.model, encoded, loaded.task.collator(loaded.tokenizer))
+    if loaded.label_names is None:
+        return [float(value) for value in logits[:, 0]]
+    return [loaded.label_names[int(index)] for index in logits.argmax(-1)]
+
+
 def predict_file(loaded: LoadedRun, path: str) -> tuple[list[dict], Skipped]:
     """Predictions for every non-empty text of a file (labels, when present, are kept as `gold`)."""
     dataset, skipped = load_file(path, loaded.recipe, loaded.label_names, need_label=None)

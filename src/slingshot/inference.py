@@ -19,7 +19,7 @@ EVAL_MAX_BATCH_SIZE = 256
 @torch.inference_mode()
 def forward_logits(
     model: torch.nn.Module,
-    encoded: Dataset,
+    encoded: Dataset | dict[str, list],
     collate,
     *,
     device: torch.device | str = "cpu",
@@ -27,14 +27,15 @@ def forward_logits(
     max_batch_size: int = EVAL_MAX_BATCH_SIZE,
     autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
-    """Logits for every row of `encoded` (which has a `length` column), in the order of its rows."""
+    """Logits for every row of `encoded` (a Dataset or a dict of lists, with a `length` column), in row order."""
     was_training = model.training
     model.eval()
     lengths = encoded["length"]
     batches = token_budget_batches(lengths, tokens_per_batch, max_batch_size, shuffle=False)
-    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in encoded.column_names]
+    names = encoded.column_names if isinstance(encoded, Dataset) else list(encoded)
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in names]
     data = {c: encoded[c] for c in columns}  # plain lists: per-row Arrow access is slow
-    results: list[np.ndarray | None] = [None] * len(encoded)
+    results: list[np.ndarray | None] = [None] * len(lengths)
     device = torch.device(device)
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
@@ -48,3 +49,11 @@ def forward_logits(
                 results[index] = logits[position]
     model.train(was_training)
     return np.stack(results) if results else np.zeros((0, 0), dtype=np.float32)
+
+
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, list]:
+    """Tokenized texts with a `length` column, ready for forward_logits; no Dataset round trip, so a single text
+    costs only its tokenization and forward pass (what a served request pays)."""
+    encoded = dict(tokenizer(texts, pairs, truncation=True, max_length=max_length))
+    encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+    return encoded

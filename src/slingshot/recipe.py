@@ -140,6 +140,47 @@ class LLMSection(Section):
     )
 
 
+class PublishedSection(Section):
+    name: str = Field(description="System name as published, e.g. 'gpt-3.5-turbo zero-shot'.")
+    metric: str = Field("accuracy", description="Which metric the figure is.")
+    value: float = Field(description="The published figure, as a fraction (0.937) or a percentage (93.7).")
+    source: str = Field(description="Where it was published (paper, model card, URL).")
+
+
+class CompareSection(Section):
+    baselines: list[str] = Field(
+        default_factory=list,
+        description="Systems to compare the fine-tuned model with: majority, embedding, llm, or the path of "
+        "another Slingshot run. Empty: `slingshot run` skips the comparison.",
+    )
+    split: Literal["eval", "test"] = Field("eval", description="Which split of the run's data to compare on.")
+    limit: int | None = Field(None, ge=1, description="Compare on at most this many examples (seeded sample).")
+    llm: LLMSection = Field(default_factory=LLMSection, description="The LLM baseline's endpoint (baseline: llm).")
+    shots: int = Field(0, ge=0, le=64, description="Examples from the training set shown in the LLM prompt (k-shot).")
+    answer_format: Literal["text", "json_object", "json_schema"] = Field(
+        "text", description="text: parse a free answer; json_object / json_schema: ask for {\"label\": ...} "
+        "(structured output, where the endpoint supports it).",
+    )
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict, description="Optional description per label name, shown to the LLM and embedded."
+    )
+    embedding_model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2", description="Sentence-embedding model of the embedding baseline."
+    )
+    hardware_price_per_hour_usd: float = Field(
+        0.09, ge=0,
+        description="Price per hour of the machine running the local models, for cost per 1,000 predictions; "
+        "default ~ a 2-vCPU cloud VM on demand (AWS c7i.large, us-east-1: 0.089 USD/h).",
+    )
+    latency_examples: int = Field(100, ge=1, description="Examples timed one at a time for local p50/p95 latency.")
+    bootstrap_samples: int = Field(2000, ge=100, description="Bootstrap resamples for confidence intervals.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of intervals and verdicts.")
+    seed: int = Field(42, description="Seed for the example sample, k-shot examples and bootstrap.")
+    published: list[PublishedSection] = Field(
+        default_factory=list, description="Published figures shown as reference rows (marked: not measured)."
+    )
+
+
 class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
@@ -151,6 +192,9 @@ class Recipe(Section):
     data: DataSection = Field(default_factory=DataSection, description="Where the data is and which columns to use.")
     train: TrainSection = Field(default_factory=TrainSection, description="How to train.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where to write and what it costs.")
+    compare: CompareSection = Field(
+        default_factory=CompareSection, description="Baselines to compare the fine-tuned model with (slingshot compare)."
+    )
 
     # The folder relative data paths are read from; not part of the YAML.
     base_dir: Path = Field(default=Path("."), exclude=True, description="Folder the recipe was read from.")

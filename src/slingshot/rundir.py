@@ -154,6 +154,16 @@ class ResourceMeter:
         }
 
 
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the next peak_rss_bytes() covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
     """VmHWM on Linux (reset by exec, unlike ru_maxrss which a spawned child inherits), else ru_maxrss."""
     try:
