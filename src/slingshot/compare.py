@@ -9,6 +9,7 @@ examples where systems disagree.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,13 +291,20 @@ def _sentence(test: dict[str, Any], ours: dict, theirs: dict, primary: str, leve
 
 
 def _times(ratio: float) -> str:
-    return f"{ratio:,.0f}x cheaper" if ratio >= 1 else f"{1 / ratio:,.1f}x dearer"
+    if 0.8 <= ratio <= 1.25:
+        return "about the same cost"
+    return f"{ratio:,.0f}x cheaper" if ratio > 1 else f"{1 / ratio:,.1f}x dearer"
 
 
 def _usd(value: float | None) -> str:
+    """Two significant digits below a cent, written out (0.000065 USD, not 6.5e-05)."""
     if value is None:
         return "unknown"
-    return f"{value:.2g} USD" if value < 0.01 else f"{value:,.3f} USD"
+    if value == 0:
+        return "0 USD"
+    if value < 0.01:
+        return f"{value:.{1 - math.floor(math.log10(value))}f} USD"
+    return f"{value:,.3f} USD"
 
 
 # ---- outputs ------------------------------------------------------------------------------------------------
