@@ -2,7 +2,13 @@
 
 import pytest
 
-from slingshot.baselines import build_prompt, majority, parse_label, pick_shots, response_format
+from slingshot.baselines import (
+    build_prompt,
+    majority,
+    parse_label,
+    pick_shots,
+    response_format,
+)
 
 LABELS = ["positive", "negative", "very positive"]
 

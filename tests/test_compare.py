@@ -118,8 +118,8 @@ def test_rate_limits_and_server_errors_are_retried(run_copy, fake_llm):
             sentiment_of(request["messages"][-1]["content"])
 
     server = fake_llm(reply)
-    report = compare_run(str(run_copy), options(server.url, baselines=["llm"], limit=10, **{"llm": {
-        "base_url": server.url, "model": "scripted", "max_retries": 3, "concurrency": 1}})).report
+    report = compare_run(str(run_copy), options(server.url, baselines=["llm"], limit=10, llm={
+        "base_url": server.url, "model": "scripted", "max_retries": 3, "concurrency": 1})).report
     assert report["systems"][1]["invalid_answers"] == 0 and len(server.requests) == 30
 
 
@@ -203,3 +203,36 @@ def test_macro_f1_counts_invalid_answers_as_wrong_but_not_as_a_class():
     predicted = np.array([0, 2, 1, 1])  # 2 = invalid
     # class 0: tp 1, support 2, predicted 1 -> F1 2/3; class 1: F1 1
     assert macro_f1(predicted, gold, 2) == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_structured_output_is_requested_and_malformed_responses_count_as_invalid(run_copy, fake_llm):
+    from llm_server import Raw
+
+    def reply(request, number):
+        label = sentiment_of(request["messages"][-1]["content"])
+        return Raw(b"<html>gateway</html>") if number <= 3 else json.dumps({"label": label})
+
+    server = fake_llm(reply)
+    report = compare_run(str(run_copy), options(server.url, baselines=["llm"], answer_format="json_schema",
+                                                limit=12, llm={"base_url": server.url, "model": "scripted",
+                                                               "concurrency": 1})).report
+    assert server.requests[0]["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == \
+        ["neg", "pos"]
+    llm = report["systems"][1]
+    assert llm["invalid_answers"] == 3 and llm["details"]["malformed_responses"] == 3
+
+
+def test_run_compares_after_training_when_the_recipe_asks(tmp_path, tiny_bert, toy_data, capsys, monkeypatch):
+    import yaml
+
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=1)
+    raw["compare"] = {"baselines": ["majority"], "latency_examples": 3, "bootstrap_samples": 200}
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["slingshot", "run", str(recipe)])
+    try:
+        main()
+    except SystemExit as exit_:
+        assert not exit_.code, capsys.readouterr().err
+    report = json.loads((tmp_path / "runs" / "toy" / "comparison.json").read_text())
+    assert [row["kind"] for row in report["systems"]] == ["fine-tuned", "majority"]

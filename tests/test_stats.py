@@ -50,7 +50,7 @@ def test_mean_ci_is_the_percentile_interval_of_the_resampled_means():
 def test_bootstrap_is_reproducible_with_a_seed():
     assert np.array_equal(bootstrap_indices(50, 10, seed=1), bootstrap_indices(50, 10, seed=1))
     values = np.arange(50, dtype=float)
-    metric = lambda rows: float(np.median(values[rows]))  # noqa: E731
+    metric = lambda rows: float(np.median(values[rows]))
     assert bootstrap_ci(metric, bootstrap_indices(50, 200, 7)) == bootstrap_ci(metric, bootstrap_indices(50, 200, 7))
 
 
