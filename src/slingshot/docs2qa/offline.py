@@ -34,6 +34,8 @@ SUBJECT_BREAKERS = {
     "usually", "typically", "generally", "sometimes", "always", "never", "still", "already", "figure", "table",
     "section", "above", "below", "following", "appendix",
 }
+# "Potentially even more critical is ...": an adverb first means the subject comes after the verb ("nightly" is fine).
+ADVERB_ENDINGS = ("ally", "ently", "ously", "ively", "ately", "antly", "ibly", "ably")
 # The head noun of "the parties described in Figure 3" is the word before the first of these.
 HEAD_ENDERS = {"of", "in", "for", "on", "at", "by", "with", "from", "to", "described", "used", "provided", "listed",
                "such", "within", "across", "between", "under"}
@@ -152,7 +154,7 @@ def _definition(match: re.Match, kind: str, template: str, base: int, index: int
     if not 1 <= len(words) <= 8 or words[0].lower().strip("(") in VAGUE_STARTS - {"a", "an", "the"}:
         return None
     content = words[1:] if words[0].lower() in {"a", "an", "the"} else words
-    if (not content or content[0].lower() in VAGUE_STARTS or content[0].lower().endswith("ly")
+    if (not content or content[0].lower() in VAGUE_STARTS or content[0].lower().endswith(ADVERB_ENDINGS)
             or any(w.lower() in SUBJECT_BREAKERS for w in content)):
         return None
     if subject.count("(") != subject.count(")") or any(w in {"a", "an", "the"} for w in content[1:] + content[-1:]):
