@@ -3,19 +3,33 @@ built here and on the six NIST PDFs in ../shared/datasets/pdf_docs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import SHARED
-from docs2qa_files import GOOD_TEXT, corrupt_pdf, encrypted_pdf, renamed_zip, scanned_pdf, text_pdf
+from docs2qa_files import (
+    GOOD_TEXT,
+    corrupt_pdf,
+    encrypted_pdf,
+    renamed_zip,
+    scanned_pdf,
+    text_pdf,
+)
 from llm_server import Status
 
 from slingshot.cli import main
 from slingshot.docs2qa.chunk import chunk_document, load_chunk_tokenizer, sentence_spans
 from slingshot.docs2qa.clean import clean_document
-from slingshot.docs2qa.ingest import Document, Page, html_to_text, markdown_to_text, read_document
+from slingshot.docs2qa.ingest import (
+    Document,
+    Page,
+    html_to_text,
+    markdown_to_text,
+    read_document,
+)
 from slingshot.docs2qa.offline import generate_offline
 from slingshot.docs2qa.pairs import QAPair, drop_duplicate_questions, split_documents
 from slingshot.docs2qa.pipeline import run_docs2qa
@@ -163,7 +177,7 @@ def test_chunks_fit_the_token_budget_end_between_sentences_and_overlap(tokenizer
     clean = clean_document(Document(Path("a.txt"), "a.txt", "text", [Page(1, text)]), CleanSection())
     chunks = chunk_document(clean, tokenizer, settings)
     assert len(chunks) > 5
-    for previous, chunk in zip(chunks, chunks[1:]):
+    for previous, chunk in itertools.pairwise(chunks):
         assert len(tokenizer(chunk.text, add_special_tokens=False)["input_ids"]) <= settings.max_tokens
         assert chunk.text == clean.text[chunk.start:chunk.start + len(chunk.text)]
         assert chunk.text.endswith(".") and chunk.text[0].isupper()

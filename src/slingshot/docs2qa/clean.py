@@ -248,6 +248,6 @@ def _hyphen_break(before: str, after: str, vocabulary: Counter) -> bool:
     joined, hyphenated = first + second, f"{first}-{second}"
     if vocabulary[joined] > vocabulary[hyphenated]:
         return True
-    if vocabulary[hyphenated] or (vocabulary[first] and vocabulary[second] and len(first) > 2 and len(second) > 2):
-        return False  # the document writes it with a hyphen, or both halves are words of their own
-    return True
+    # Otherwise a cut word, unless the document writes it with a hyphen or both halves are words of their own.
+    both_words = vocabulary[first] and vocabulary[second] and len(first) > 2 and len(second) > 2
+    return not (vocabulary[hyphenated] or both_words)

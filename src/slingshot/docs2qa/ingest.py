@@ -185,11 +185,11 @@ def _first_line(error: Exception) -> str:
 class _HTMLText(HTMLParser):
     """Visible text of an HTML page, with a blank line wherever a block element starts or ends."""
 
-    SKIPPED = {"script", "style", "noscript", "template", "head", "svg", "nav"}
-    BLOCKS = {"p", "div", "section", "article", "header", "footer", "main", "aside", "h1", "h2", "h3", "h4", "h5",
+    SKIPPED = frozenset({"script", "style", "noscript", "template", "head", "svg", "nav"})
+    BLOCKS = frozenset({"p", "div", "section", "article", "header", "footer", "main", "aside", "h1", "h2", "h3", "h4", "h5",
               "h6", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "blockquote", "pre", "figure", "figcaption",
-              "br", "hr", "title", "form", "fieldset", "address", "details", "summary", "caption"}
-    VOID = {"br", "hr", "img", "meta", "link", "input", "area", "base", "col", "embed", "source", "track", "wbr"}
+              "br", "hr", "title", "form", "fieldset", "address", "details", "summary", "caption"})
+    VOID = frozenset({"br", "hr", "img", "meta", "link", "input", "area", "base", "col", "embed", "source", "track", "wbr"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -236,14 +236,14 @@ def html_to_text(html: str) -> str:
 
 def markdown_to_text(markdown: str) -> str:
     """Markdown to plain paragraphs: the words kept, the markup (headings, emphasis, links, code fences) dropped."""
-    text = re.sub(r"\A---\n.*?\n---\n", "", markdown, flags=re.S)  # YAML front matter
-    text = re.sub(r"^(```|~~~).*$", "", text, flags=re.M)  # fence lines; the code inside stays as text
-    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = re.sub(r"\A---\n.*?\n---\n", "", markdown, flags=re.DOTALL)  # YAML front matter
+    text = re.sub(r"^(```|~~~).*$", "", text, flags=re.MULTILINE)  # fence lines; the code inside stays as text
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
     text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", text)  # images: their alt text
     text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # links: their text
-    text = re.sub(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$", r"\n\1\n", text, flags=re.M)  # headings: own paragraph
-    text = re.sub(r"^\s{0,3}>\s?", "", text, flags=re.M)  # block quotes
-    text = re.sub(r"^\s*([-*_]\s*){3,}$", "", text, flags=re.M)  # horizontal rules
+    text = re.sub(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$", r"\n\1\n", text, flags=re.MULTILINE)  # headings: own paragraph
+    text = re.sub(r"^\s{0,3}>\s?", "", text, flags=re.MULTILINE)  # block quotes
+    text = re.sub(r"^\s*([-*_]\s*){3,}$", "", text, flags=re.MULTILINE)  # horizontal rules
     text = re.sub(r"(\*\*|__)(.+?)\1", r"\2", text)
     text = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?!\w)", r"\1", text)
     text = re.sub(r"`([^`]+)`", r"\1", text)

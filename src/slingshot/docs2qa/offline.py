@@ -36,6 +36,9 @@ SUBJECT_BREAKERS = {
 }
 # "Potentially even more critical is ...": an adverb first means the subject comes after the verb ("nightly" is fine).
 ADVERB_ENDINGS = ("ally", "ently", "ously", "ively", "ately", "antly", "ibly", "ably")
+# Alone, these subjects need the passage: "Examples include ...", "Considerations include ...".
+GENERIC_NOUNS = {"examples", "considerations", "others", "results", "options", "activities", "items", "steps",
+                 "issues", "factors", "benefits", "challenges", "use"}
 # The head noun of "the parties described in Figure 3" is the word before the first of these.
 HEAD_ENDERS = {"of", "in", "for", "on", "at", "by", "with", "from", "to", "described", "used", "provided", "listed",
                "such", "within", "across", "between", "under"}
@@ -74,7 +77,7 @@ UNITS = (r"(?:characters?|digits?|bits?|bytes?|[KMG]B|seconds?|minutes?|hours?|d
          r"attempts?|tries|levels?|steps?|phases?|parts?|categories|functions?|tiers?|stages?|components?|"
          r"elements?|types?|classes|factors?|requirements?|questions?|controls?|sectors?|members?|workshops?|"
          r"comments?|responses?|pages?|percent)")
-QUANTITY = re.compile(rf"\b(?P<answer>(?:\d[\d,]*(?:\.\d+)?|{NUMBER_WORDS})(?:\s?%| {UNITS}))(?=[\s.,;:)]|$)")
+QUANTITY = re.compile(rf"(?<![-\w.,/])(?P<answer>(?:\d[\d,]*(?:\.\d+)?|{NUMBER_WORDS})(?:\s?%| {UNITS}))(?=[\s.,;:)]|$)")
 YEAR = re.compile(r"\b(?P<lead>in|since|until|by|during) (?P<answer>(?:19|20)\d\d)\b(?![-/.]\d)")
 LINKING_WORDS = {"of", "and", "the", "for", "to", "in", "on", "a", "an", "with", "or", "by"}
 PRIORITY = {"purpose": 4, "alias": 4, "definition": 4, "list": 3, "acronym": 2, "number": 1, "year": 1}
@@ -108,7 +111,9 @@ def generate_offline(chunk: Chunk, limit: int) -> list[QAPair]:
     for candidate in candidates:
         if len(chosen) == limit:
             break
-        if candidate.sentence not in used_sentences:
+        # One acronym a chunk: documents spell out dozens, and they would crowd out the facts.
+        if candidate.sentence not in used_sentences and not (
+                candidate.kind == "acronym" and any(c.kind == "acronym" for c in chosen)):
             used_sentences.add(candidate.sentence)
             chosen.append(candidate)
     chosen.sort(key=lambda c: c.start)
@@ -154,7 +159,7 @@ def _definition(match: re.Match, kind: str, template: str, base: int, index: int
     if not 1 <= len(words) <= 8 or words[0].lower().strip("(") in VAGUE_STARTS - {"a", "an", "the"}:
         return None
     content = words[1:] if words[0].lower() in {"a", "an", "the"} else words
-    if (not content or content[0].lower() in VAGUE_STARTS or content[0].lower().endswith(ADVERB_ENDINGS)
+    if (not content or content[0].lower() in VAGUE_STARTS or (len(content) == 1 and content[0].lower() in GENERIC_NOUNS) or content[0].lower().endswith(ADVERB_ENDINGS)
             or any(w.lower() in SUBJECT_BREAKERS for w in content)):
         return None
     if subject.count("(") != subject.count(")") or any(w in {"a", "an", "the"} for w in content[1:] + content[-1:]):
@@ -254,7 +259,22 @@ def _long_form(short: str, before: str) -> str | None:
             or not long_form[:1].isalpha() or any(char in long_form for char in "()[];:\n")
             or (any(char.isdigit() for char in long_form) and not any(char.isdigit() for char in short))):
         return None
+    # Schwartz & Hearst accept letters from inside words: IIF -> "identifiable form". Ask that the word initials
+    # spell all but one of the capitals (all of them for three or fewer).
+    capitals = [char.lower() for char in short.rstrip("s") if char.isalnum()]
+    initials = [word[0].lower() for word in re.split(r"[\s/-]+", long_form) if word and word.lower() not in LINKING_WORDS]
+    if _common_subsequence(capitals, initials) < len(capitals) - (1 if len(capitals) >= 4 else 0):
+        return None
     return long_form
+
+
+def _common_subsequence(first: list[str], second: list[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming; both are a few letters long)."""
+    table = [[0] * (len(second) + 1) for _ in range(len(first) + 1)]
+    for i, a in enumerate(first):
+        for j, b in enumerate(second):
+            table[i + 1][j + 1] = table[i][j] + 1 if a == b else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
 
 
 def _numeric(sentence: str, base: int, index: int, offset: int) -> list[_Candidate]:
