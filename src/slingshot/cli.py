@@ -329,6 +329,62 @@ def _compare(run_path: str, options, data: str | None = None, force: bool = Fals
               f"{comparison.paths['disagreements'].name}", highlight=False)
 
 
+# ------------------------------------------------------------------------------------------------ docs2qa
+
+
+@app.command()
+def docs2qa(
+    inputs: Annotated[list[str], typer.Argument(help="Folders, files or quoted globs of PDF, .txt, .md and .html "
+                                                     "documents.", show_default=False)],
+    output: Annotated[Path, typer.Option("--out", help="Folder to write the question-answer set into.",
+                                      show_default=False)],
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="YAML file with a docs2qa: section "
+                                                "(`slingshot fields` lists its fields).")] = None,
+    generator: Annotated[str | None, typer.Option("--generator", help="offline (extractive, no LLM) or teacher "
+                                                  "(an OpenAI-compatible LLM, set in docs2qa.teacher.llm).")] = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished docs2qa output in --out.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn a folder of documents into a question-answer training set, each pair traced to its document and page.
+
+    Writes train/eval JSONL (whole documents held out for eval), SQuAD v1.1 JSON, chat JSONL and a report.
+
+    Examples: slingshot docs2qa ../shared/datasets/pdf_docs --out data/nist-qa
+              slingshot docs2qa "manuals/**/*.pdf" --out data/qa --generator teacher --set docs2qa.teacher.llm.model=gpt-4o-mini
+              slingshot docs2qa docs/ --recipe qa.yaml --out data/qa --set docs2qa.chunk.max_tokens=384
+    """
+    from slingshot.docs2qa.pipeline import run_docs2qa
+    from slingshot.recipe import apply_overrides, recipe_from_dict
+
+    overrides = list(set_ or []) + ([f"docs2qa.generator={generator}"] if generator else [])
+    settings = (_recipe(recipe, overrides) if recipe is not None
+                else recipe_from_dict(apply_overrides({}, overrides), source="--set")).docs2qa
+    report = run_docs2qa(inputs, output, settings, overwrite=overwrite,
+                         progress=None if as_json else lambda message: err.print(message, highlight=False))
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    _render_docs2qa(report, output)
+
+
+def _render_docs2qa(report: dict[str, Any], folder: Path) -> None:
+    table = Table(title=f"docs2qa ({report['generator']} generator)")
+    for column in ("document", "pages", "chunks", "pairs kept", "split"):
+        table.add_column(column, justify="left" if column in ("document", "split") else "right")
+    for name, row in report["per_document"].items():
+        table.add_row(name, str(row["pages"]), str(row["chunks"]), str(row["pairs_kept"]), row["split"])
+    out.print(table)
+    for item in report["skipped_files"]:
+        err.print(f"skipped {item['file']}: {item['reason']}", highlight=False, soft_wrap=True)
+    pairs = report["pairs"]
+    rejected = ", ".join(f"{reason} {count}" for reason, count in pairs["rejected"].items()) or "none"
+    out.print(f"pairs: {pairs['kept']} kept of {pairs['generated']} (train {pairs['train']}, eval {pairs['eval']}); "
+                  f"rejected: {rejected}", highlight=False)
+    out.print(f"wrote {folder}/ (train.jsonl, eval.jsonl, squad/, chat/, report.json) in "
+                  f"{report['wall_time_s']:.0f} s", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------------ fields
 
 

@@ -181,6 +181,84 @@ class CompareSection(Section):
     )
 
 
+class IngestSection(Section):
+    suffixes: list[str] = Field(
+        [".pdf", ".txt", ".md", ".markdown", ".html", ".htm"],
+        description="File types read from a folder; other files there are skipped and listed in the report.",
+    )
+    min_chars_per_page: int = Field(
+        20, ge=0, description="A PDF page with fewer extracted characters counts as empty (no text layer there).",
+    )
+
+
+class CleanSection(Section):
+    normalise_text: bool = Field(
+        True, description="Unicode NFKC (ligatures, odd spaces), straight quotes, no control or zero-width characters, "
+        "single spaces.",
+    )
+    drop_headers_footers: bool = Field(
+        True, description="Drop running headers and footers: lines at the top or bottom of many pages, digits ignored.",
+    )
+    header_footer_min_share: float = Field(
+        0.3, gt=0, le=1, description="A top/bottom line repeated on at least this share of pages (and 3) is a header.",
+    )
+    drop_footnotes: bool = Field(
+        True, description="Drop footnotes: a block at a page's bottom starting with a number whose marker is in the text.",
+    )
+    drop_page_numbers: bool = Field(True, description="Drop lines that are only a page number (12, iv, 3-5, Page 7).")
+    drop_toc_leaders: bool = Field(True, description="Drop table-of-contents lines with dot leaders ('Scope ..... 4').")
+    dehyphenate: bool = Field(True, description="Rejoin words hyphenated across line breaks ('infor-/mation').")
+    merge_lines: bool = Field(True, description="Merge wrapped lines into paragraphs.")
+
+
+class ChunkSection(Section):
+    tokenizer: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Tokenizer that measures chunks: the model you will train (folder or id, resolved offline first).",
+    )
+    max_tokens: int = Field(256, ge=16, le=8192, description="Longest chunk in tokens (no special tokens counted).")
+    overlap_tokens: int = Field(
+        32, ge=0, description="Whole sentences up to this many tokens repeated from the end of the previous chunk.",
+    )
+
+
+class TeacherSection(Section):
+    llm: LLMSection = Field(
+        default_factory=lambda: LLMSection(max_tokens=1024),
+        description="The teacher's OpenAI-compatible endpoint (longer answers than the default: a JSON list of pairs).",
+    )
+    json_mode: bool = Field(
+        True, description="Ask for response_format json_object; switch off for servers that reject it.",
+    )
+    json_retries: int = Field(1, ge=0, description="Times an answer that is not the asked-for JSON is asked again.")
+    min_answer_overlap: float = Field(
+        0.6, ge=0, le=1, description="Share of an answer's content words that must occur in the chunk (grounding).",
+    )
+
+
+class Docs2QASection(Section):
+    """`slingshot docs2qa`: documents to question-answer pairs with provenance."""
+
+    ingest: IngestSection = Field(default_factory=IngestSection, description="Which files are read.")
+    clean: CleanSection = Field(default_factory=CleanSection, description="Cleaning steps, each switchable.")
+    chunk: ChunkSection = Field(default_factory=ChunkSection, description="Token chunking.")
+    generator: Literal["offline", "teacher"] = Field(
+        "offline", description="offline: extractive pairs from the chunk's own sentences, no LLM; teacher: an LLM.",
+    )
+    pairs_per_chunk: int = Field(3, ge=1, le=50, description="Most pairs generated from one chunk.")
+    teacher: TeacherSection = Field(default_factory=TeacherSection, description="The teacher LLM (generator: teacher).")
+    near_duplicate_similarity: float = Field(
+        0.8, gt=0, le=1, description="Questions whose word-set Jaccard similarity reaches this are near-duplicates.",
+    )
+    eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of documents (whole documents, at least one) held out as the eval split.",
+    )
+    seed: int = Field(42, description="Seed for choosing the held-out documents.")
+    chat_include_context: bool = Field(
+        False, description="Chat export: put the chunk in the user turn (reading comprehension); default closed-book.",
+    )
+
+
 class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
@@ -194,6 +272,9 @@ class Recipe(Section):
     output: OutputSection = Field(default_factory=OutputSection, description="Where to write and what it costs.")
     compare: CompareSection = Field(
         default_factory=CompareSection, description="Baselines to compare the fine-tuned model with (slingshot compare)."
+    )
+    docs2qa: Docs2QASection = Field(
+        default_factory=Docs2QASection, description="Documents to question-answer data (`slingshot docs2qa`)."
     )
 
     # The folder relative data paths are read from; not part of the YAML.
