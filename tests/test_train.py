@@ -143,3 +143,14 @@ def test_resume_refuses_a_changed_recipe(tmp_path, tiny_bert, toy_data):
     raw["train"]["lr"] = 1e-2
     with pytest.raises(RunDirError, match="recipe changed since run .* started: train.lr"):
         train(recipe_from_dict(raw), show_progress=False, resume=True)
+
+
+def test_mmap_threshold_is_set_on_glibc_unless_the_environment_sets_it(monkeypatch):
+    import platform
+
+    from slingshot.train import set_mmap_threshold
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert set_mmap_threshold(64 * 1024) == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert set_mmap_threshold(64 * 1024) is False

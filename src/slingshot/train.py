@@ -103,6 +103,28 @@ def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if bf16_ok else None
 
 
+def set_mmap_threshold(size_bytes: int) -> bool:
+    """Serve heap blocks above `size_bytes` with mmap, returned to the OS on free (glibc's M_MMAP_THRESHOLD).
+
+    glibc's own threshold starts at 128 KB but rises (up to 32 MB) each time a large block is freed, after which
+    activations and gradients of every batch shape are carved from the heap, whose freed holes stay resident.
+    Fixing it stops the drift: peak RSS of all-MiniLM-L6-v2 on 1,500 SST-2 rows fell from 1.40 to 1.06 GB here.
+    A value in the environment (MALLOC_MMAP_THRESHOLD_) wins. Returns whether the setting took effect.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold = -3
+        return bool(libc.mallopt(m_mmap_threshold, size_bytes))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+
+
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only: biases and LayerNorm weights (1-D) are not decayed (BERT's recipe)."""
     decay, no_decay = [], []
@@ -136,6 +158,8 @@ def train(
     # 3,000 SST-2 rows (400 MB on all 67k) for ~5% of speed, same accuracy (measured, A/B twice). Read when
     # oneDNN first runs; a user's value wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    if recipe.train.mmap_threshold_kb is not None:
+        set_mmap_threshold(recipe.train.mmap_threshold_kb * 1024)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
     device = accelerator.device
     if device.type == "cpu":
