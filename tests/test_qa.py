@@ -120,7 +120,7 @@ def test_oracle_logits_decode_back_to_the_gold_answer_of_every_question(tmp_path
     several = example(["happy", "film", "and", "fun", "story"], 0, 0)
     several["answers"].append({"text": "fun", "answer_start": several["context"].index("fun")})
     rows.append(several)
-    task, dataset, encoded = prepared(tmp_path, tiny_bert, rows)
+    task, _, encoded = prepared(tmp_path, tiny_bert, rows)
     outputs = task.outputs(oracle_logits(encoded), encoded)
     assert outputs["predicted"] == [r["answers"][0]["text"] for r in rows]  # labels come from the first answer
     assert outputs["gold"][-1] == ["happy", "fun"]  # every gold answer is kept for scoring

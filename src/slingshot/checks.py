@@ -192,5 +192,5 @@ def inspect_qa_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectRep
             overlap = contexts_by_split["train"] & contexts_by_split[split]
             if overlap:
                 problems.append(Problem("contexts also in train (leakage)", split, len(overlap),
-                                        _short(sorted(overlap)[0]), "warning"))
+                                        _short(min(overlap)), "warning"))
     return InspectReport(recipe.task, recipe.model.name, recipe.model.max_length, splits, problems)
