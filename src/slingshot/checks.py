@@ -71,6 +71,8 @@ def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=Non
     loaded = loaded or load_data(recipe, strict=False)
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model(recipe.model.name, recipe.model.revision).path)
+    if recipe.task == "extractive_qa":
+        return inspect_qa_data(recipe, loaded, tokenizer)
     names = loaded.label_names
     splits: dict[str, SplitReport] = {}
     problems: list[Problem] = []
@@ -147,4 +149,48 @@ def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=Non
             if overlap:
                 problems.append(Problem("texts also in train (leakage)", split, len(overlap),
                                         _short(sorted(overlap)[0].replace("\x00", " | ")), "warning"))
+    return InspectReport(recipe.task, recipe.model.name, recipe.model.max_length, splits, problems)
+
+
+def inspect_qa_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectReport:
+    """Questions per split, question + context token lengths, skipped examples by reason, repeats and leakage.
+
+    `truncated` counts questions whose context needs more than one window (nothing is lost: windows overlap).
+    """
+    splits: dict[str, SplitReport] = {}
+    problems: list[Problem] = []
+    contexts_by_split: dict[str, set[str]] = {}
+    for split, dataset in loaded.splits.items():
+        rows = dataset.to_list()
+        report = SplitReport(rows=len(rows), source=loaded.sources[split])
+        encoded = tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation=False)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        report.token_lengths = length_percentiles(lengths)
+        report.truncated = sum(length > recipe.model.max_length for length in lengths)
+        splits[split] = report
+        skipped = loaded.skipped.get(split)
+        for reason, count in (skipped.reasons.items() if skipped else []):
+            problems.append(Problem(f"{reason} (skipped)", split, count, ", ".join(skipped.examples), "warning"))
+        if report.truncated:
+            problems.append(Problem(f"question + context longer than model.max_length={recipe.model.max_length} "
+                                    "tokens (split into overlapping windows)", split, report.truncated,
+                                    f"{rows[int(np.argmax(lengths))]['row']}, {max(lengths)} tokens", "warning"))
+        seen: dict[tuple[str, str], dict] = {}
+        repeats = []
+        for row in rows:
+            key = (row["question"], row["context"])
+            if key in seen:
+                repeats.append(row)
+            else:
+                seen[key] = row
+        if repeats:
+            problems.append(Problem("same question on the same context", split, len(repeats),
+                                    f"{repeats[0]['row']}: {_short(repeats[0]['question'])}", "warning"))
+        contexts_by_split[split] = {row["context"] for row in rows}
+    for split in ("eval", "test"):
+        if split in contexts_by_split and "train" in contexts_by_split:
+            overlap = contexts_by_split["train"] & contexts_by_split[split]
+            if overlap:
+                problems.append(Problem("contexts also in train (leakage)", split, len(overlap),
+                                        _short(min(overlap)), "warning"))
     return InspectReport(recipe.task, recipe.model.name, recipe.model.max_length, splits, problems)

@@ -151,10 +151,16 @@ def _render_result(result, recipe_path: Path) -> None:
     s = result.summary
     for split, count in s.get("skipped_empty_texts", {}).items():
         err.print(f"skipped {count} empty or whitespace texts in {split} (`slingshot inspect` shows where)")
+    for split, reasons in s.get("skipped_examples", {}).items():
+        err.print(f"skipped in {split}: {_reasons(reasons)} (`slingshot inspect` shows where)")
     out.print(f"run: {s['run']}  (model in {s['run']}/model)")
     out.print(f"wall {s['wall_time_s']:.0f} s, {s['real_tokens_per_s']:,.0f} real tokens/s, padding "
               f"{s['padding_fraction']:.1%}, peak RSS {s['peak_rss_mb']:.0f} MB, est. cost ${s['estimated_cost_usd']:.4f}",
               highlight=False)
+
+
+def _reasons(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{count} ({reason})" for reason, count in reasons.items())
 
 
 def _render_metrics(metrics: dict[str, Any], title: str) -> None:
@@ -165,6 +171,8 @@ def _render_metrics(metrics: dict[str, Any], title: str) -> None:
         if isinstance(value, float):
             table.add_row(name, f"{value:.4f}")
     out.print(table)
+    if "similarity" in metrics:
+        _render_similarity(metrics["similarity"], title)
     per_class = metrics.get("per_class")
     if per_class:
         classes = Table(title=f"{title} per class")
@@ -182,62 +190,136 @@ def _render_metrics(metrics: dict[str, Any], title: str) -> None:
         out.print(matrix)
 
 
+def _render_similarity(report: dict[str, Any], title: str) -> None:
+    thresholds = report["thresholds"]
+    table = Table(title=f"{title} answer similarity ({report['model'].split('/')[-1]}, {report['pairs']} pairs, "
+                        f"mean {report['mean']:.3f}, median {report['median']:.3f})")
+    for column in ("band", "cosine", "answers", "share"):
+        table.add_column(column, justify="left" if column in ("band", "cosine") else "right")
+    ranges = {"acceptable": f">= {thresholds['acceptable']:g}",
+              "borderline": f"{thresholds['borderline']:g} to {thresholds['acceptable']:g}",
+              "unacceptable": f"< {thresholds['borderline']:g}"}
+    for band, count in report["counts"].items():
+        table.add_row(band, ranges[band], str(count), f"{report['shares'][band]:.1%}")
+    out.print(table)
+    if report["worst"]:
+        worst = Table(title="lowest similarity")
+        for column in ("row", "similarity", "prediction", "reference"):
+            worst.add_column(column)
+        for pair in report["worst"]:
+            worst.add_row(str(pair["row"]), f"{pair['similarity']:.3f}", pair["prediction"][:60] or "(no answer)",
+                          " | ".join(pair["reference"])[:60])
+        out.print(worst)
+    if "histogram" in report:
+        out.print(f"histogram: {report['histogram']}")
+
+
 # ------------------------------------------------------------------------------------------------ evaluate / predict
 
 
 @app.command()
 def evaluate(
-    run_dir: RunArg,
+    run_dir: Annotated[Path | None, typer.Argument(help="Run directory written by `slingshot train`, e.g. runs/sst2.",
+                                                   show_default=False)] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled file to score (default: the run's eval split).")] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="Score answers without a run: JSONL with prediction and reference columns "
+        "(a reference may be a list).")] = None,
+    histogram: Annotated[Path | None, typer.Option(
+        "--histogram", help="Write the answer-similarity histogram PNG here (text answers only).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write metrics JSON here (never over an existing file).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a finished run on any labelled file with the run's columns.
+    """Score a finished run on any labelled file with the run's columns, or score answers against references.
 
-    Example: slingshot evaluate runs/sst2 --data ../shared/datasets/sst2/dev.tsv
+    Examples: slingshot evaluate runs/sst2 --data ../shared/datasets/sst2/dev.tsv
+              slingshot evaluate runs/policyqa --data held_out.json --histogram similarity.png
+              slingshot evaluate --predictions answers.jsonl --histogram similarity.png
     """
     from slingshot.evaluate import evaluate_file, load_run
 
-    loaded = load_run(str(run_dir))
-    source = str(data) if data is not None else loaded.recipe.resolve_path(loaded.recipe.data.eval)
-    if source is None:
-        raise SlingshotError(f"run {run_dir} was evaluated on a held-out part of train; name a file to score",
-                             "pass --data FILE")
     _refuse_existing(output)
-    metrics, _, skipped = evaluate_file(loaded, source)
-    if skipped.count:
-        err.print(f"skipped {skipped.count} empty texts (e.g. {', '.join(skipped.examples)})")
+    _refuse_existing(histogram, "--histogram")
+    if predictions is not None:
+        if run_dir is not None or data is not None:
+            raise SlingshotError("--predictions scores a file of answers on its own; it takes no run or --data",
+                                 "drop the run directory and --data, or drop --predictions")
+        metrics = _score_predictions(predictions, histogram)
+    else:
+        if run_dir is None:
+            raise SlingshotError("nothing to evaluate", "give a run directory, or --predictions FILE")
+        loaded = load_run(str(run_dir))
+        source = str(data) if data is not None else loaded.recipe.resolve_path(loaded.recipe.data.eval)
+        if source is None:
+            raise SlingshotError(f"run {run_dir} was evaluated on a held-out part of train; name a file to score",
+                                 "pass --data FILE")
+        metrics, _, skipped = evaluate_file(loaded, source, histogram)
+        if skipped.reasons:
+            err.print(f"skipped {_reasons(skipped.reasons)} (e.g. {', '.join(skipped.examples)})")
+        elif skipped.count:
+            err.print(f"skipped {skipped.count} empty texts (e.g. {', '.join(skipped.examples)})")
+        data = Path(source)
     if output is not None:
         output.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if as_json:
         out.print_json(json.dumps(metrics))
     else:
-        _render_metrics(metrics, str(source))
+        _render_metrics(metrics, str(data or predictions))
+
+
+def _score_predictions(path: Path, histogram: Path | None) -> dict[str, Any]:
+    """Answer similarity (and EM/F1, which need no model) of a prediction/reference file."""
+    from slingshot.metrics import qa_metrics
+    from slingshot.recipe import SimilaritySection
+    from slingshot.similarity import answer_similarity, read_prediction_pairs
+
+    answers, references, lines = read_prediction_pairs(str(path))
+    metrics = qa_metrics(answers, references)
+    metrics["similarity"], _ = answer_similarity(answers, references, SimilaritySection(), histogram=histogram,
+                                                 rows=lines, title=path.name)
+    return metrics
 
 
 @app.command()
 def predict(
     run_dir: RunArg,
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="File of texts (the run's text column).")] = None,
+    question: Annotated[str | None, typer.Option("--question", help="Question to answer (extractive_qa runs).")] = None,
+    context: Annotated[str | None, typer.Option("--context", help="Text the answer is taken from (with --question).")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="File of texts (the run's text column), or of "
+                                                     "question/context records for extractive_qa.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions as JSONL here.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predict the label (with probability) or score of texts or of a file.
+    """Predict the label (with probability) or score of texts, the answer to a question, or those of a file.
 
     Examples: slingshot predict runs/sst2 "a gripping, funny film"
               slingshot predict runs/sst2 --input new.csv --output predictions.jsonl
+              slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
     """
-    from slingshot.evaluate import load_run, predict_file, predict_texts
+    from slingshot.evaluate import load_run, predict_answers, predict_file, predict_texts
 
-    if not texts and input_file is None:
-        raise SlingshotError("nothing to predict", "give texts as arguments or --input FILE")
+    if (question is None) != (context is None):
+        raise SlingshotError("--question and --context go together", "give both, e.g. --question Q --context TEXT")
+    if not texts and input_file is None and question is None:
+        raise SlingshotError("nothing to predict", "give texts as arguments, --question with --context, or --input FILE")
     _refuse_existing(output)
     loaded = load_run(str(run_dir))
+    answers = loaded.recipe.task == "extractive_qa"
+    if answers and texts:
+        raise SlingshotError(f"run {run_dir} answers questions; it does not classify texts",
+                             "use --question Q --context TEXT, or --input FILE of question/context records")
+    if question is not None and not answers:
+        raise SlingshotError(f"run {run_dir} is a {loaded.recipe.task} run; --question needs an extractive_qa run",
+                             "give texts to classify instead")
     if input_file is not None:
         records, skipped = predict_file(loaded, str(input_file))
-        if skipped.count:
+        if skipped.reasons:
+            err.print(f"skipped {_reasons(skipped.reasons)} (e.g. {', '.join(skipped.examples)})")
+        elif skipped.count:
             err.print(f"skipped {skipped.count} empty texts (e.g. {', '.join(skipped.examples)})")
+    elif question is not None:
+        records = predict_answers(loaded, [question], [context or ""])
     else:
         records = predict_texts(loaded, list(texts or []))
     if output is not None:
@@ -250,6 +332,15 @@ def predict(
         for record in records:
             out.print(json.dumps(record, ensure_ascii=False), soft_wrap=True)
         return
+    if answers:
+        table = Table()
+        for column in ("question", "answer", "score"):
+            table.add_column(column, justify="right" if column == "score" else "left")
+        for record in records:
+            score = f"{record['score']:.2f}" if record["score"] is not None else ""
+            table.add_row(record["question"][:60], record["predicted"] or "(no answer found)", score)
+        out.print(table)
+        return
     table = Table()
     table.add_column("text")
     table.add_column("prediction")
@@ -261,9 +352,9 @@ def predict(
     out.print(table)
 
 
-def _refuse_existing(path: Path | None) -> None:
+def _refuse_existing(path: Path | None, option: str = "--output") -> None:
     if path is not None and path.exists():
-        raise SlingshotError(f"{path} already exists; it is not overwritten", "choose another --output path or delete it")
+        raise SlingshotError(f"{path} already exists; it is not overwritten", f"choose another {option} path or delete it")
 
 
 # ------------------------------------------------------------------------------------------------ compare

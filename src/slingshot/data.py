@@ -39,10 +39,17 @@ class Rows:
 
 @dataclass
 class Skipped:
-    """Rows left out of a split because their text is empty or whitespace."""
+    """Rows left out of a split because their text is empty or whitespace (or, in QA data, for the reasons counted)."""
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # reason -> rows; empty when the only reason is empty text
+
+    def add(self, reason: str, where: str) -> None:
+        self.count += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if len(self.examples) < 3:
+            self.examples.append(where)
 
 
 @dataclass
@@ -341,6 +348,10 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
     strict=True (training) raises DataError for a single-class training set or an eval label unseen in training;
     strict=False (inspect) records them for the report instead.
     """
+    if recipe.task == "extractive_qa":
+        from slingshot.qa_data import load_qa_data
+
+        return load_qa_data(recipe, splits=splits)
     sources = data_sources(recipe)
     raw: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, Skipped] = {}
@@ -420,6 +431,10 @@ def load_file(path: str, recipe: Recipe, label_names: list[str] | None, *, need_
 
     need_label=None reads labels when the file has the label column (predict), True requires them (evaluate).
     """
+    if recipe.task == "extractive_qa":
+        from slingshot.qa_data import load_qa_file
+
+        return load_qa_file(path, need_answers=need_label)
     rows = read_rows(path)
     if need_label is None:
         need_label = recipe.data.label_column in rows.columns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ import yaml
 from slingshot.data import Skipped, load_file
 from slingshot.recipe import Recipe, recipe_from_dict
 from slingshot.rundir import RunDir, find_run
+from slingshot.similarity import score_records
 from slingshot.tasks import Task, get_task
 from slingshot.train import default_threads, evaluate_split
 
@@ -27,29 +29,35 @@ class LoadedRun:
 
 def load_run(path: str, threads: int | None = None) -> LoadedRun:
     """A finished run's recipe, task, model (eval mode) and tokenizer. Raises RunDirError when it is not finished."""
-    from transformers import AutoModelForSequenceClassification
-
     from slingshot.models import load_tokenizer
 
     run = find_run(path)
     torch.set_num_threads(threads or default_threads())
     raw = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {}
     recipe = recipe_from_dict(raw, source=str(run.recipe))
-    task = get_task(recipe.task)
+    task = get_task(recipe.task, recipe)
     tokenizer = load_tokenizer(run.model)
-    model = AutoModelForSequenceClassification.from_pretrained(str(run.model)).eval()
-    label_names = None if recipe.task == "regression" else [model.config.id2label[i] for i in range(model.config.num_labels)]
+    model = task.load_model(run.model)
+    label_names = None
+    if recipe.task == "classification":
+        label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return LoadedRun(run, recipe, task, model, tokenizer, label_names)
 
 
-def evaluate_file(loaded: LoadedRun, path: str) -> tuple[dict[str, Any], list[dict], Skipped]:
-    """Metrics and per-example records of the run's model on any labelled file with the run's columns."""
+def evaluate_file(loaded: LoadedRun, path: str, histogram: Path | None = None) -> tuple[dict[str, Any], list[dict], Skipped]:
+    """Metrics and per-example records of the run's model on any labelled file with the run's columns.
+
+    Text answers (extractive QA) are also scored by answer similarity; `histogram` is where its PNG goes.
+    """
     dataset, skipped = load_file(path, loaded.recipe, loaded.label_names, need_label=True)
     encoded = loaded.task.prepare({"data": dataset}, loaded.tokenizer, loaded.recipe)["data"]
     result = evaluate_split(loaded.task, loaded.model, encoded, loaded.task.collator(loaded.tokenizer),
                             loaded.label_names, torch.device("cpu"), None)
     records = loaded.task.records(dataset, result["outputs"], loaded.label_names)
-    return result["metrics"], records, skipped
+    metrics = result["metrics"]
+    if loaded.task.text_answers and loaded.recipe.similarity.enabled:
+        metrics["similarity"] = score_records(records, loaded.recipe.similarity, histogram, title=Path(path).name)
+    return metrics, records, skipped
 
 
 def predict_texts(loaded: LoadedRun, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
@@ -76,6 +84,15 @@ def predict_labels(loaded: LoadedRun, texts: list[str], pairs: list[str] | None 
     return [loaded.label_names[int(index)] for index in logits.argmax(-1)]
 
 
+def predict_answers(loaded: LoadedRun, questions: list[str], contexts: list[str]) -> list[dict]:
+    """The answer span (with its score and character start) of each question in its context, in input order."""
+    from slingshot.qa_data import load_qa_examples
+
+    examples = [{"question": q, "context": c} for q, c in zip(questions, contexts)]
+    dataset, _ = load_qa_examples(examples, "--question/--context", need_answers=False)
+    return _predict(loaded, dataset)
+
+
 def predict_file(loaded: LoadedRun, path: str) -> tuple[list[dict], Skipped]:
     """Predictions for every non-empty text of a file (labels, when present, are kept as `gold`)."""
     dataset, skipped = load_file(path, loaded.recipe, loaded.label_names, need_label=None)
@@ -86,5 +103,5 @@ def _predict(loaded: LoadedRun, dataset) -> list[dict]:
     from slingshot.inference import forward_logits
 
     encoded = loaded.task.prepare({"data": dataset}, loaded.tokenizer, loaded.recipe)["data"]
-    logits = forward_logits(loaded.model, encoded, loaded.task.collator(loaded.tokenizer))
-    return loaded.task.records(dataset, loaded.task.outputs(logits), loaded.label_names)
+    logits = forward_logits(loaded.model, encoded, loaded.task.collator(loaded.tokenizer), forward=loaded.task.forward)
+    return loaded.task.records(dataset, loaded.task.outputs(logits, encoded), loaded.label_names)

@@ -1,8 +1,13 @@
-"""One inference path: length-sorted batches under a token budget, results returned in input order."""
+"""One inference path: length-sorted batches under a token budget, results returned in input order.
+
+A task's `forward` gives logits per example, (batch, k), or per token, (batch, seq, k) as extractive QA's start and
+end logits. Per-token rows are cut back to their own length, so padding never reaches a decoder.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,18 +21,27 @@ EVAL_TOKENS_PER_BATCH = 4096
 EVAL_MAX_BATCH_SIZE = 256
 
 
+def model_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The `logits` of a model's output: what sequence classifiers return."""
+    return model(**batch).logits
+
+
 @torch.inference_mode()
 def forward_logits(
     model: torch.nn.Module,
     encoded: Dataset | dict[str, list],
     collate,
     *,
+    forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] = model_logits,
     device: torch.device | str = "cpu",
     tokens_per_batch: int = EVAL_TOKENS_PER_BATCH,
     max_batch_size: int = EVAL_MAX_BATCH_SIZE,
     autocast_dtype: torch.dtype | None = None,
-) -> np.ndarray:
-    """Logits for every row of `encoded` (a Dataset or a dict of lists, with a `length` column), in row order."""
+) -> np.ndarray | list[np.ndarray]:
+    """Logits for every row of `encoded` (a Dataset or a dict of lists, with a `length` column), in row order.
+
+    One array (rows, k) for per-example logits; a list of (length, k) arrays, one per row, for per-token logits.
+    """
     was_training = model.training
     model.eval()
     lengths = encoded["length"]
@@ -35,7 +49,8 @@ def forward_logits(
     names = encoded.column_names if isinstance(encoded, Dataset) else list(encoded)
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in names]
     data = {c: encoded[c] for c in columns}  # plain lists: per-row Arrow access is slow
-    results: list[np.ndarray | None] = [None] * len(lengths)
+    results: list[np.ndarray] = [np.zeros(0)] * len(lengths)
+    per_token = False
     device = torch.device(device)
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
@@ -44,10 +59,13 @@ def forward_logits(
         for indices in batches:
             batch = collate([{c: data[c][i] for c in columns} for i in indices])
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch).logits.float().cpu().numpy()
+            logits = forward(model, batch).float().cpu().numpy()
+            per_token = logits.ndim == 3
             for position, index in enumerate(indices):
-                results[index] = logits[position]
+                results[index] = logits[position, : lengths[index]] if per_token else logits[position]
     model.train(was_training)
+    if per_token:
+        return results
     return np.stack(results) if results else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -1,8 +1,11 @@
-"""Classification and regression metrics: pure functions of predictions and references."""
+"""Classification, regression and extractive-QA metrics: pure functions of predictions and references."""
 
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,4 +61,58 @@ def regression_metrics(predicted: Sequence[float], gold: Sequence[float]) -> dic
         "pearson": 0.0 if constant else float(pearsonr(predicted, gold).statistic),
         "spearman": 0.0 if constant else float(spearmanr(predicted, gold).statistic),
         "examples": int(len(gold)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- extractive QA
+
+
+PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's answer normalisation: lower case, no punctuation, no articles (a, an, the), single spaces.
+
+    Same steps as the official evaluate-v1.1.py script (Rajpurkar et al., 2016), so figures compare with papers.
+    """
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalised strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Harmonic mean of token precision and recall after normalisation (tokens counted with multiplicity)."""
+    predicted_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not predicted_tokens or not gold_tokens:
+        # the official script scores this 0 unless both are empty (SQuAD v2 treats empty = empty as a match)
+        return float(predicted_tokens == gold_tokens)
+    common = sum((Counter(predicted_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision = common / len(predicted_tokens)
+    recall = common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict:
+    """Exact match and token F1, each the maximum over a question's gold answers, averaged, in percent (0-100).
+
+    Percent, as SQuAD's official script and the papers that quote it report them.
+    """
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions")
+    em = [max((exact_match(p, g) for g in gold), default=0.0) for p, gold in zip(predictions, golds)]
+    f1 = [max((token_f1(p, g) for g in gold), default=0.0) for p, gold in zip(predictions, golds)]
+    count = len(predictions)
+    return {
+        "exact_match": 100.0 * sum(em) / count if count else 0.0,
+        "f1": 100.0 * sum(f1) / count if count else 0.0,
+        "examples": count,
     }

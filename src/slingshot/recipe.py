@@ -15,7 +15,9 @@ from slingshot.errors import RecipeError
 METRICS = {
     "classification": ("accuracy", "macro_f1", "loss"),
     "regression": ("rmse", "mae", "pearson", "spearman", "loss"),
+    "extractive_qa": ("f1", "exact_match", "loss"),
 }
+AUTO_METRIC = {"classification": "accuracy", "regression": "rmse", "extractive_qa": "f1"}
 
 
 class Section(BaseModel):
@@ -104,7 +106,8 @@ class TrainSection(Section):
         None, ge=1, description="Evaluate every N optimizer steps; null = at the end of every epoch."
     )
     metric: str = Field(
-        "auto", description="Metric that picks the best model: auto = accuracy (classification) or rmse (regression)."
+        "auto", description="Metric that picks the best model: auto = accuracy (classification), rmse (regression) "
+        "or f1 (extractive_qa)."
     )
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection, description="Early stopping.")
     log_every: int = Field(20, ge=1, description="Write a training-log line every N optimizer steps.")
@@ -112,6 +115,34 @@ class TrainSection(Section):
         None, ge=1, description="Save a resumable checkpoint every N optimizer steps (always at each epoch's end)."
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (method: lora).")
+
+
+class QASection(Section):
+    stride: int = Field(
+        32, ge=0, description="Tokens shared by consecutive windows of a long context, so an answer cut by one "
+        "window's edge is whole in the next."
+    )
+    max_question_tokens: int = Field(
+        48, ge=4, description="Longer questions are cut to this many tokens (BERT's SQuAD max_query_length), "
+        "so every window keeps room for context; the cuts are counted."
+    )
+    max_answer_tokens: int = Field(30, ge=1, description="Longest answer span, in tokens, the decoder may return.")
+    n_best: int = Field(20, ge=1, description="Start and end candidates per window combined into spans when decoding.")
+
+
+class SimilaritySection(Section):
+    enabled: bool = Field(
+        True, description="Score text answers (extractive_qa) by embedding cosine against the references."
+    )
+    model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2", description="Sentence-embedding model (mean pooling), resolved offline first."
+    )
+    acceptable: float = Field(0.5, ge=-1, le=1, description="Cosine at or above which an answer is acceptable.")
+    borderline: float = Field(
+        0.4, ge=-1, le=1, description="Cosine at or above which (and below `acceptable`) an answer is borderline; "
+        "below it, unacceptable."
+    )
+    worst: int = Field(10, ge=0, description="How many lowest-similarity pairs the report lists.")
 
 
 class OutputSection(Section):
@@ -268,12 +299,17 @@ class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
     name: str | None = Field(None, description="Run name; the run directory is <output.dir>/<name>. Default: file stem.")
-    task: Literal["classification", "regression"] = Field(
-        "classification", description="classification: one label per text; regression: one number per text."
+    task: Literal["classification", "regression", "extractive_qa"] = Field(
+        "classification", description="classification: one label per text; regression: one number per text; "
+        "extractive_qa: the answer span of a question in a context (SQuAD v1.1 JSON or JSONL)."
     )
     model: ModelSection = Field(default_factory=ModelSection, description="Which model to fine-tune.")
     data: DataSection = Field(default_factory=DataSection, description="Where the data is and which columns to use.")
     train: TrainSection = Field(default_factory=TrainSection, description="How to train.")
+    qa: QASection = Field(default_factory=QASection, description="Windows and decoding of extractive_qa.")
+    similarity: SimilaritySection = Field(
+        default_factory=SimilaritySection, description="Answer-similarity evaluation of text answers."
+    )
     output: OutputSection = Field(default_factory=OutputSection, description="Where to write and what it costs.")
     compare: CompareSection = Field(
         default_factory=CompareSection, description="Baselines to compare the fine-tuned model with (slingshot compare)."
@@ -293,6 +329,17 @@ class Recipe(Section):
         if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:
             problems.append(f"train.metric '{self.train.metric}' is not computed for task {self.task}; "
                             f"use one of: auto, {', '.join(METRICS[self.task])}")
+        if self.similarity.borderline > self.similarity.acceptable:
+            problems.append(f"similarity.borderline ({self.similarity.borderline}) must not exceed "
+                            f"similarity.acceptable ({self.similarity.acceptable})")
+        if self.task == "extractive_qa":
+            # [CLS] question [SEP] context [SEP]: three special tokens in BERT; the tokenizer's own count is
+            # checked again in prepare. Each window must add context beyond the part it shares with the last one.
+            room = self.model.max_length - self.qa.max_question_tokens - 3
+            if room <= self.qa.stride:
+                problems.append(f"model.max_length {self.model.max_length} leaves {room} context tokens per window "
+                                f"after a {self.qa.max_question_tokens}-token question, not more than qa.stride "
+                                f"{self.qa.stride}; raise model.max_length or lower qa.stride/qa.max_question_tokens")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -301,7 +348,7 @@ class Recipe(Section):
     def best_metric(self) -> str:
         if self.train.metric != "auto":
             return self.train.metric
-        return "accuracy" if self.task == "classification" else "rmse"
+        return AUTO_METRIC[self.task]
 
     @property
     def metric_greater_is_better(self) -> bool:

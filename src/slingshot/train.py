@@ -36,6 +36,7 @@ from slingshot.rundir import (
     write_json,
     write_jsonl,
 )
+from slingshot.similarity import score_records
 from slingshot.tasks import get_task
 
 
@@ -168,12 +169,14 @@ def train(
     amp_dtype = autocast_dtype(recipe, device)
 
     # Everything that can fail on the user's input happens before the run directory is touched.
-    task = get_task(recipe.task)
+    task = get_task(recipe.task, recipe)
     data = load_data(recipe)
     resolved = resolve_model(recipe.model.name, recipe.model.revision)
     tokenizer = load_tokenizer(resolved.path)
     encoded = task.prepare(data.splits, tokenizer, recipe)
     model = task.build_model(resolved, recipe, data.label_names)
+    if task.text_answers and recipe.similarity.enabled:
+        resolve_model(recipe.similarity.model)  # fail now, not after training, when the embedding model is missing
     parameters = count_parameters(model)
     run = open_run(recipe.output.dir, recipe.name or "run", overwrite=overwrite, resume=resume)
     if resume:
@@ -361,12 +364,19 @@ def train(
     if accelerator.is_main_process:
         final_eval = evaluate_split(task, unwrapped, encoded["eval"], collate, data.label_names, device, amp_dtype)
         metrics["eval"] = final_eval["metrics"]
-        write_jsonl(run.predictions, task.records(data.splits["eval"], final_eval["outputs"], data.label_names))
+        records = task.records(data.splits["eval"], final_eval["outputs"], data.label_names)
+        if task.text_answers and recipe.similarity.enabled:
+            metrics["eval"]["similarity"] = score_records(records, recipe.similarity, run.path / "similarity_eval.png",
+                                                          title=f"{recipe.name} eval")
+        write_jsonl(run.predictions, records)
         if "test" in encoded:
             final_test = evaluate_split(task, unwrapped, encoded["test"], collate, data.label_names, device, amp_dtype)
             metrics["test"] = final_test["metrics"]
-            write_jsonl(run.path / "predictions_test.jsonl",
-                        task.records(data.splits["test"], final_test["outputs"], data.label_names))
+            records = task.records(data.splits["test"], final_test["outputs"], data.label_names)
+            if task.text_answers and recipe.similarity.enabled:
+                metrics["test"]["similarity"] = score_records(records, recipe.similarity,
+                                                              run.path / "similarity_test.png", title=f"{recipe.name} test")
+            write_jsonl(run.path / "predictions_test.jsonl", records)
         task.save(unwrapped, tokenizer, run.model, adapter_path=run.adapter)
         write_json(run.metrics, metrics)
         shutil.rmtree(run.checkpoints, ignore_errors=True)
@@ -386,7 +396,8 @@ def train(
         "parameters": parameters,
         "train_examples": len(train_split),
         "eval_examples": len(eval_split),
-        "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count},
+        "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count and not s.reasons},
+        "skipped_examples": {split: s.reasons for split, s in data.skipped.items() if s.reasons},
         "optimizer_steps": state.step,
         "epochs_completed": state.epoch,
         "wall_time_s": round(state.wall_time_s, 2),
@@ -434,11 +445,10 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype) -> dict[str, Any]:
     """Metrics (with loss) and outputs of a model on one prepared split."""
-    logits = forward_logits(model, encoded, collate, device=device, autocast_dtype=amp_dtype)
-    outputs = task.outputs(logits)
-    references = encoded["labels"]
-    metrics = task.metrics(outputs, references, label_names)
-    metrics["loss"] = task.eval_loss(logits, references)
+    logits = forward_logits(model, encoded, collate, forward=task.forward, device=device, autocast_dtype=amp_dtype)
+    outputs = task.outputs(logits, encoded)
+    metrics = task.metrics(outputs, encoded, label_names)
+    metrics["loss"] = task.eval_loss(logits, encoded)
     return {"metrics": metrics, "outputs": outputs}
 
 

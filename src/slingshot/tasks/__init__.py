@@ -21,6 +21,7 @@ class Task(Protocol):
     """What the training loop, `evaluate` and `predict` need from a task."""
 
     name: str
+    text_answers: bool  # predictions are text, so answer-similarity evaluation applies
 
     def prepare(self, splits: dict[str, Dataset], tokenizer, recipe: Recipe) -> dict[str, Dataset]:
         """Tokenize every split; each row gets the model inputs, `labels` when known, and a `length` column."""
@@ -30,24 +31,32 @@ class Task(Protocol):
         """The model to train, with PEFT applied when recipe.train.method asks for it."""
         ...
 
+    def load_model(self, path: Path) -> torch.nn.Module:
+        """The model a finished run saved in `path`, in eval mode (for `evaluate` and `predict`)."""
+        ...
+
     def collator(self, tokenizer):
         """A callable turning a list of prepared rows into a batch of tensors."""
+        ...
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of a batch of inputs: (batch, k) per example, or (batch, seq, k) per token."""
         ...
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Summed loss over the batch and the number of items it sums over (examples or tokens)."""
         ...
 
-    def outputs(self, logits: np.ndarray) -> Any:
-        """Turn the logits of one split, in input order, into predictions."""
+    def outputs(self, logits: np.ndarray | list[np.ndarray], encoded: Dataset) -> Any:
+        """Turn the logits of one prepared split (rows in order, from `forward_logits`) into predictions."""
         ...
 
-    def metrics(self, predictions: Any, references: list, label_names: list[str] | None) -> dict[str, Any]:
-        """Scores of predictions against references."""
+    def metrics(self, predictions: Any, encoded: Dataset, label_names: list[str] | None) -> dict[str, Any]:
+        """Scores of predictions against the references the prepared split carries."""
         ...
 
-    def eval_loss(self, logits: np.ndarray, references: list) -> float:
-        """The training loss, averaged per item, on an evaluation split."""
+    def eval_loss(self, logits: np.ndarray | list[np.ndarray], encoded: Dataset) -> float:
+        """The training loss, averaged per item, on a prepared evaluation split."""
         ...
 
     def records(self, dataset: Dataset, predictions: Any, label_names: list[str] | None) -> list[dict]:
@@ -59,12 +68,16 @@ class Task(Protocol):
         ...
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, recipe: Recipe | None = None) -> Task:
+    """The task called `name`, with the recipe's settings for it (defaults without a recipe)."""
+    from slingshot.recipe import QASection
     from slingshot.tasks.classification import ClassificationTask
+    from slingshot.tasks.extractive_qa import ExtractiveQATask
 
     tasks: dict[str, Task] = {
         "classification": ClassificationTask(regression=False),
         "regression": ClassificationTask(regression=True),
+        "extractive_qa": ExtractiveQATask(recipe.qa if recipe is not None else QASection()),
     }
     if name not in tasks:
         raise RecipeError(f"unknown task '{name}'", f"use one of: {', '.join(tasks)}")

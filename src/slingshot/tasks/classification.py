@@ -40,6 +40,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ClassificationTask:
     """Cross-entropy over label names, or MSE on one output for regression."""
 
+    text_answers = False  # predictions are labels or numbers, not text
+
     def __init__(self, regression: bool):
         self.regression = regression
         self.name = "regression" if regression else "classification"
@@ -104,7 +106,16 @@ class ClassificationTask:
             model = apply_lora(model, recipe)
         return model
 
+    def load_model(self, path: Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+
     # ------------------------------------------------------------------------------------------- training
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits, (batch, classes)."""
+        return model(**batch).logits
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         labels = batch.pop("labels")
@@ -117,19 +128,21 @@ class ClassificationTask:
 
     # ------------------------------------------------------------------------------------------- evaluation
 
-    def outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+    def outputs(self, logits: np.ndarray, encoded: Dataset) -> dict[str, np.ndarray]:
         if self.regression:
             return {"predicted": logits[:, 0]}
         probabilities = softmax(logits)
         return {"predicted": probabilities.argmax(-1), "probabilities": probabilities}
 
-    def metrics(self, outputs: dict[str, np.ndarray], references: list, label_names: list[str] | None) -> dict[str, Any]:
+    def metrics(self, outputs: dict[str, np.ndarray], encoded: Dataset, label_names: list[str] | None) -> dict[str, Any]:
+        references = encoded["labels"]
         if self.regression:
             return regression_metrics(outputs["predicted"], references)
         assert label_names is not None
         return classification_metrics(outputs["predicted"], references, label_names)
 
-    def eval_loss(self, logits: np.ndarray, references: list) -> float:
+    def eval_loss(self, logits: np.ndarray, encoded: Dataset) -> float:
+        references = encoded["labels"]
         if self.regression:
             return float(np.mean((logits[:, 0] - np.asarray(references, dtype=float)) ** 2))
         probabilities = softmax(logits.astype(np.float64))
@@ -166,17 +179,21 @@ class ClassificationTask:
     # ------------------------------------------------------------------------------------------- saving
 
     def save(self, model: torch.nn.Module, tokenizer, path: Path, adapter_path: Path | None = None) -> None:
-        """Full weights in `path` (LoRA merged in, so `pipeline` loads it); the bare adapter in `adapter_path`."""
-        from peft import PeftModel
+        save_model_folder(model, tokenizer, path, adapter_path)
 
-        if isinstance(model, PeftModel):
-            if adapter_path is not None:
-                model.save_pretrained(str(adapter_path))
-            merged = _merged_copy(model)
-            merged.save_pretrained(str(path), safe_serialization=True)
-        else:
-            model.save_pretrained(str(path), safe_serialization=True)
-        tokenizer.save_pretrained(str(path))
+
+def save_model_folder(model: torch.nn.Module, tokenizer, path: Path, adapter_path: Path | None = None) -> None:
+    """Full weights in `path` (LoRA merged in, so `pipeline` loads it); the bare adapter in `adapter_path`."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if adapter_path is not None:
+            model.save_pretrained(str(adapter_path))
+        merged = _merged_copy(model)
+        merged.save_pretrained(str(path), safe_serialization=True)
+    else:
+        model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
 
 
 def _model_max_length(tokenizer) -> int:
@@ -184,13 +201,14 @@ def _model_max_length(tokenizer) -> int:
     return int(value) if value and value < 1_000_000 else 1_000_000
 
 
-def apply_lora(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, recipe: Recipe, task_type=None) -> torch.nn.Module:
+    """LoRA adapters on the model's attention projections; task_type (a peft TaskType) defaults to SEQ_CLS."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     model_type = model.config.model_type
     targets = recipe.train.lora.target_modules or LORA_TARGETS.get(model_type)
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=task_type or TaskType.SEQ_CLS,
         r=recipe.train.lora.r,
         lora_alpha=recipe.train.lora.alpha,
         lora_dropout=recipe.train.lora.dropout,

@@ -1,0 +1,253 @@
+"""Extractive question answering: the answer is a span of the context, found by a start and an end logit per token.
+
+    question + context --tokenize--> overlapping windows --model--> start/end logits per token
+                       --decode--> best span over all windows of a question --> answer text (characters of the context)
+
+A context longer than a window is cut into windows that share `qa.stride` tokens, so an answer cut by one window's
+edge is whole in the next. Training labels come from the fast tokenizer's offset mapping; a window that does not hold
+the whole (first) gold answer points at [CLS], as in BERT's SQuAD recipe (Devlin et al., 2019, section 4.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from slingshot.batching import PaddingCollator
+from slingshot.errors import ModelError, RecipeError
+from slingshot.metrics import qa_metrics
+from slingshot.models import ResolvedModel
+from slingshot.recipe import QASection, Recipe
+from slingshot.tasks.classification import _model_max_length, apply_lora, save_model_folder
+
+NOT_CONTEXT = -1  # offset of a token that is not context (question, special tokens): never part of an answer
+
+
+@dataclass(frozen=True)
+class Span:
+    text: str
+    start: int  # character offset in the context
+    score: float  # start logit + end logit
+
+
+def cut_question(question: str, tokenizer, max_tokens: int) -> tuple[str, bool]:
+    """The question cut to its first `max_tokens` tokens (at a character boundary), and whether it was cut."""
+    encoded = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if len(offsets) <= max_tokens:
+        return question, False
+    return question[: offsets[max_tokens - 1][1]], True
+
+
+def answer_tokens(offsets: list, sequence_ids: list, start_char: int, end_char: int) -> tuple[int, int]:
+    """Token indices of the first and last answer token in one window, or (0, 0) ([CLS]) when it is not all inside."""
+    context = [i for i, s in enumerate(sequence_ids) if s == 1]
+    if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
+        return 0, 0
+    start = next(i for i in context if offsets[i][1] > start_char)
+    end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+    return start, end
+
+
+def encode_windows(dataset: Dataset, tokenizer, max_length: int, settings: QASection) -> Dataset:
+    """One row per window: model inputs, labels [start, end], length, its example's index, context and answers,
+    and the character offsets of its context tokens."""
+
+    def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        cut = [cut_question(q, tokenizer, settings.max_question_tokens) for q in batch["question"]]
+        questions = [q.lstrip() for q, _ in cut]  # leading spaces only shift offsets; BERT's recipe drops them
+        encoded = tokenizer(questions, batch["context"], truncation="only_second", max_length=max_length,
+                            stride=settings.stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+        # context and gold answers ride along (per window) so that decoding and scoring need only this split
+        keys = ("labels", "length", "example_index", "offsets", "question_cut", "context", "answers")
+        windows: dict[str, list] = {key: [] for key in keys}
+        for window, example in enumerate(encoded["overflow_to_sample_mapping"]):
+            sequence_ids = encoded.sequence_ids(window)
+            offsets = encoded["offset_mapping"][window]
+            answers, starts = batch["answers"][example], batch["answer_starts"][example]
+            # SQuAD trains on the first gold answer; the others only count when scoring
+            label = answer_tokens(offsets, sequence_ids, starts[0], starts[0] + len(answers[0])) if answers else (0, 0)
+            windows["labels"].append(list(label))
+            windows["length"].append(len(encoded["input_ids"][window]))
+            windows["example_index"].append(indices[example])
+            windows["offsets"].append([list(o) if s == 1 else [NOT_CONTEXT, NOT_CONTEXT]
+                                       for o, s in zip(offsets, sequence_ids)])
+            windows["question_cut"].append(cut[example][1])
+            windows["context"].append(batch["context"][example])
+            windows["answers"].append(answers)
+        model_inputs = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {**model_inputs, **windows}
+
+    return dataset.map(encode, batched=True, with_indices=True, batch_size=1000, remove_columns=dataset.column_names,
+                       keep_in_memory=True)
+
+
+def best_span(windows: list[tuple[np.ndarray, np.ndarray]], context: str, n_best: int, max_answer_tokens: int) -> Span | None:
+    """The highest-scoring span over all windows of one question, or None when no candidate pair is a valid span.
+
+    Each window is (logits (length, 2): start and end per token, offsets (length, 2) with -1 outside the context).
+    Candidates are the `n_best` best starts and ends among context tokens; a span needs end >= start and at most
+    `max_answer_tokens` tokens. Its score is start logit + end logit (log-space product of the two probabilities
+    up to a per-window constant, as in BERT's SQuAD decoding).
+    """
+    best: Span | None = None
+    for logits, offsets in windows:
+        is_context = offsets[:, 0] >= 0
+        if not is_context.any():
+            continue
+        start_logits = np.where(is_context, logits[:, 0], -np.inf)
+        end_logits = np.where(is_context, logits[:, 1], -np.inf)
+        count = min(n_best, int(is_context.sum()))
+        starts = np.argsort(-start_logits, kind="stable")[:count]
+        ends = np.argsort(-end_logits, kind="stable")[:count]
+        scores = start_logits[starts][:, None] + end_logits[ends][None, :]  # (starts, ends)
+        width = ends[None, :] - starts[:, None] + 1
+        scores = np.where((width >= 1) & (width <= max_answer_tokens), scores, -np.inf)
+        s, e = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        score = float(scores[s, e])
+        if score == -np.inf or (best is not None and score <= best.score):
+            continue
+        first, last = int(offsets[starts[s], 0]), int(offsets[ends[e], 1])
+        best = Span(context[first:last], first, score)
+    return best
+
+
+class ExtractiveQATask:
+    """Start/end span extraction with AutoModelForQuestionAnswering; EM/F1 over gold answers; text answers."""
+
+    name = "extractive_qa"
+    text_answers = True  # predictions are strings: answer-similarity evaluation applies
+
+    def __init__(self, settings: QASection):
+        self.settings = settings
+
+    # ------------------------------------------------------------------------------------------- data
+
+    def prepare(self, splits: dict[str, Dataset], tokenizer, recipe: Recipe) -> dict[str, Dataset]:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError("extractive_qa needs a fast (Rust) tokenizer for character offsets",
+                             "use a model folder with a tokenizer.json")
+        max_length = min(recipe.model.max_length, _model_max_length(tokenizer))
+        room = max_length - self.settings.max_question_tokens - tokenizer.num_special_tokens_to_add(pair=True)
+        if room <= self.settings.stride:
+            raise RecipeError(f"windows of {max_length} tokens leave {room} for context after a "
+                              f"{self.settings.max_question_tokens}-token question: not more than qa.stride "
+                              f"{self.settings.stride}", "raise model.max_length, or lower qa.stride or qa.max_question_tokens")
+        return {split: encode_windows(dataset, tokenizer, max_length, self.settings) for split, dataset in splits.items()}
+
+    def collator(self, tokenizer) -> PaddingCollator:
+        return PaddingCollator(tokenizer.pad_token_id, torch.long)
+
+    # ------------------------------------------------------------------------------------------- model
+
+    def build_model(self, resolved: ResolvedModel, recipe: Recipe, label_names: list[str] | None) -> torch.nn.Module:
+        from transformers import AutoModelForQuestionAnswering
+        from transformers.utils import logging as hf_logging
+
+        # The new span head is reported as missing weights: expected, and noise for our users.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForQuestionAnswering.from_pretrained(str(resolved.path))
+        except (ValueError, OSError) as exc:
+            raise ModelError(f"{resolved.name} cannot be used for extractive QA: {str(exc).splitlines()[0][:200]}",
+                             "choose an encoder of the BERT family") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if recipe.train.method == "lora":
+            from peft import TaskType
+
+            model = apply_lora(model, recipe, TaskType.QUESTION_ANS)
+        return model
+
+    def load_model(self, path: Path) -> torch.nn.Module:
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering.from_pretrained(str(path)).eval()
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Start and end logits, (batch, seq, 2)."""
+        output = model(**batch)
+        return torch.stack([output.start_logits, output.end_logits], dim=-1)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        labels = batch.pop("labels")  # (batch, 2)
+        logits = self.forward(model, batch).float()
+        # Padding never competes for the span: the loss then matches decoding, which sees each window unpadded.
+        logits = logits.masked_fill(batch["attention_mask"][..., None] == 0, torch.finfo(logits.dtype).min)
+        start_loss = F.cross_entropy(logits[..., 0], labels[:, 0], reduction="sum")
+        end_loss = F.cross_entropy(logits[..., 1], labels[:, 1], reduction="sum")
+        return (start_loss + end_loss) / 2, labels.shape[0]
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def outputs(self, logits: list[np.ndarray], encoded: Dataset) -> dict[str, list]:
+        """One answer per question, in the order of the untokenized split; "" when no valid span was found."""
+        example_index = encoded["example_index"]
+        offsets = encoded["offsets"]
+        count = max(example_index) + 1 if example_index else 0
+        windows: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(count)]
+        for window, example in enumerate(example_index):
+            windows[example].append((logits[window], np.asarray(offsets[window], dtype=np.int64)))
+        contexts = self._per_example(encoded, "context", count)
+        spans = [best_span(w, c, self.settings.n_best, self.settings.max_answer_tokens)
+                 for w, c in zip(windows, contexts)]
+        return {
+            "predicted": [s.text if s else "" for s in spans],
+            "start": [s.start if s else None for s in spans],
+            "score": [round(s.score, 4) if s else None for s in spans],
+            "gold": self._per_example(encoded, "answers", count),
+            "question_cut": self._per_example(encoded, "question_cut", count),
+        }
+
+    @staticmethod
+    def _per_example(encoded: Dataset, column: str, count: int) -> list:
+        """A column of the windows, one value per example (the first window's)."""
+        values: list = [None] * count
+        for example, value in zip(encoded["example_index"], encoded[column]):
+            if values[example] is None:
+                values[example] = value
+        return values
+
+    def metrics(self, outputs: dict[str, list], encoded: Dataset, label_names: list[str] | None) -> dict[str, Any]:
+        metrics = qa_metrics(outputs["predicted"], outputs["gold"])
+        metrics["no_answer_found"] = sum(1 for s in outputs["start"] if s is None)
+        metrics["windows"] = len(encoded)
+        return metrics
+
+    def eval_loss(self, logits: list[np.ndarray], encoded: Dataset) -> float:
+        """Mean over windows of the start and end cross-entropy at the labels, as in training."""
+        losses = []
+        for window_logits, (start, end) in zip(logits, encoded["labels"]):
+            shifted = window_logits - window_logits.max(axis=0, keepdims=True)
+            log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=0, keepdims=True))
+            losses.append(-(log_probabilities[start, 0] + log_probabilities[end, 1]) / 2)
+        return float(np.mean(losses)) if losses else 0.0
+
+    def records(self, dataset: Dataset, outputs: dict[str, list], label_names: list[str] | None) -> list[dict]:
+        """One predictions.jsonl line per question: row, id, question, context, gold answers, predicted, score."""
+        rows = []
+        for i, example in enumerate(dataset.to_list()):
+            record: dict[str, Any] = {"row": example["row"], "id": example["id"], "question": example["question"],
+                                      "context": example["context"]}
+            if example["answers"]:
+                record["gold"] = example["answers"]
+            record.update(predicted=outputs["predicted"][i], start=outputs["start"][i], score=outputs["score"][i])
+            if outputs["question_cut"][i]:
+                record["question_cut"] = True  # longer than qa.max_question_tokens: the model saw its beginning
+            rows.append(record)
+        return rows
+
+    # ------------------------------------------------------------------------------------------- saving
+
+    def save(self, model: torch.nn.Module, tokenizer, path: Path, adapter_path: Path | None = None) -> None:
+        """A folder `pipeline("question-answering", model=path)` loads as it is."""
+        save_model_folder(model, tokenizer, path, adapter_path)
