@@ -137,3 +137,17 @@ def fake_llm():
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def toy_trained_run(tmp_path_factory, tiny_bert) -> Path:
+    """A finished classification run of the tiny BERT on toy sentiment (eval accuracy 1.0); treat as read-only."""
+    from slingshot.recipe import recipe_from_dict
+    from slingshot.train import train
+
+    folder = tmp_path_factory.mktemp("toy-run")
+    data = {"train": write_csv(folder / "train.csv", toy_rows(160, seed=1)),
+            "eval": write_csv(folder / "dev.csv", toy_rows(40, seed=2))}
+    raw = toy_recipe(folder, tiny_bert, data, epochs=8)
+    raw["compare"] = {"embedding_model": str(tiny_bert), "latency_examples": 5, "bootstrap_samples": 300}
+    return train(recipe_from_dict(raw, folder), show_progress=False).run.path

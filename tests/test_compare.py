@@ -20,14 +20,9 @@ from slingshot.recipe import CompareSection, recipe_from_dict
 from slingshot.train import train
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_bert):
-    folder = tmp_path_factory.mktemp("compare")
-    data = {"train": write_csv(folder / "train.csv", toy_rows(160, seed=1)),
-            "eval": write_csv(folder / "dev.csv", toy_rows(40, seed=2))}
-    raw = toy_recipe(folder, tiny_bert, data, epochs=8)
-    raw["compare"] = {"embedding_model": str(tiny_bert), "latency_examples": 5, "bootstrap_samples": 300}
-    return train(recipe_from_dict(raw, folder)).run.path
+@pytest.fixture
+def trained_run(toy_trained_run):
+    return toy_trained_run
 
 
 @pytest.fixture

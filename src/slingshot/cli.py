@@ -36,6 +36,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a reci
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a finished or interrupted run of the same name.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="torch, or onnx (after `slingshot export RUN --onnx`).")]
 
 
 def _print_version(value: bool) -> None:
@@ -289,6 +290,7 @@ def predict(
     input_file: Annotated[Path | None, typer.Option("--input", help="File of texts (the run's text column), or of "
                                                      "question/context records for extractive_qa.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions as JSONL here.")] = None,
+    backend: BackendOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
     """Predict the label (with probability) or score of texts, the answer to a question, or those of a file.
@@ -297,7 +299,12 @@ def predict(
               slingshot predict runs/sst2 --input new.csv --output predictions.jsonl
               slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
     """
-    from slingshot.evaluate import load_run, predict_answers, predict_file, predict_texts
+    from slingshot.evaluate import (
+        load_run,
+        predict_answers,
+        predict_file,
+        predict_texts,
+    )
 
     if (question is None) != (context is None):
         raise SlingshotError("--question and --context go together", "give both, e.g. --question Q --context TEXT")
@@ -313,7 +320,7 @@ def predict(
         raise SlingshotError(f"run {run_dir} is a {loaded.recipe.task} run; --question needs an extractive_qa run",
                              "give texts to classify instead")
     if input_file is not None:
-        records, skipped = predict_file(loaded, str(input_file))
+        records, skipped = predict_file(loaded, str(input_file), backend=backend)
         if skipped.reasons:
             err.print(f"skipped {_reasons(skipped.reasons)} (e.g. {', '.join(skipped.examples)})")
         elif skipped.count:
@@ -321,7 +328,7 @@ def predict(
     elif question is not None:
         records = predict_answers(loaded, [question], [context or ""])
     else:
-        records = predict_texts(loaded, list(texts or []))
+        records = predict_texts(loaded, list(texts or []), backend=backend)
     if output is not None:
         with output.open("w", encoding="utf-8") as handle:
             for record in records:
@@ -474,6 +481,77 @@ def _render_docs2qa(report: dict[str, Any], folder: Path) -> None:
                   f"rejected: {rejected}", highlight=False)
     out.print(f"wrote {folder}/ (train.jsonl, eval.jsonl, squad/, chat/, report.json) in "
                   f"{report['wall_time_s']:.0f} s", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------ export / serve
+
+
+@app.command()
+def export(
+    run_dir: RunArg,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write <run>/onnx/model.onnx for ONNX Runtime.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also quantise the ONNX weights to int8 (with --onnx).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a finished run: ONNX (optionally int8), checked against PyTorch on the eval set.
+
+    Examples: slingshot export runs/sst2 --onnx
+              slingshot export runs/sst2 --onnx --int8
+    """
+    from slingshot.onnx_export import export_onnx
+
+    if int8 and not onnx:
+        raise SlingshotError("--int8 quantises the ONNX export", "add --onnx")
+    if not onnx:
+        raise SlingshotError("nothing to export", "pass --onnx (and --int8 for int8 weights)")
+    check = export_onnx(str(run_dir), int8=int8, overwrite=overwrite)
+    if as_json:
+        out.print_json(json.dumps(check))
+        return
+    out.print(f"wrote {check['onnx_file']} ({check['size_mb']} MB)", highlight=False)
+    if "label_agreement" in check:
+        out.print(f"agreement with PyTorch on {check['examples']} eval examples: {check['label_agreement']:.2%} of "
+                  f"labels, largest probability difference {check['max_probability_difference']:.4f}",
+                  highlight=False)
+    else:
+        out.print(f"largest score difference on {check['examples']} eval examples: "
+                  f"{check['max_score_difference']:.5f}", highlight=False)
+
+
+@app.command()
+def serve(
+    run_dir: RunArg,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    backend: BackendOpt = "torch",
+    int8: Annotated[bool, typer.Option("--int8", help="With --backend onnx: the int8 export.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="With --backend torch: bf16 autocast (CPUs with AVX512-BF16).")] = False,
+    max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Micro-batch budget (estimated tokens).")] = 4096,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a request waits for others to batch with.")] = 5.0,
+    max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts in one request (413 beyond).")] = 256,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest text in characters (413 beyond).")] = 20000,
+    auth_env: Annotated[str | None, typer.Option("--auth-env", help="Environment variable holding a bearer token "
+                                                 "that requests must send.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")] = None,
+) -> None:
+    """Serve a finished run over HTTP with micro-batching: POST /v1/predict, an OpenAI-compatible
+    POST /v1/chat/completions, GET /v1/model and GET /health.
+
+    Examples: slingshot serve runs/sst2
+              curl -s localhost:8000/v1/predict -d '{"texts": ["a gripping, funny film"]}'
+              slingshot serve runs/sst2 --backend onnx --int8 --port 8080 --auth-env SLINGSHOT_TOKEN
+    """
+    from slingshot.serve import ServeLimits, auth_token_from_env
+    from slingshot.serve import serve as run_server
+
+    token = auth_token_from_env(auth_env)
+    if auth_env and not token:
+        raise SlingshotError(f"environment variable {auth_env} is empty or not set", f"export {auth_env}=<a token>")
+    limits = ServeLimits(max_texts_per_request=max_texts, max_text_chars=max_chars,
+                         max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, auth_token=token)
+    run_server(str(run_dir), host, port, limits, backend=backend, precision="bf16" if bf16 else "fp32",
+               int8=int8, threads=threads)
 
 
 # ------------------------------------------------------------------------------------------------ fields

@@ -60,28 +60,36 @@ def evaluate_file(loaded: LoadedRun, path: str, histogram: Path | None = None) -
     return metrics, records, skipped
 
 
-def predict_texts(loaded: LoadedRun, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
-    """Label (and probabilities) or score for each text, in input order."""
-    from datasets import Dataset
+def predict_texts(loaded: LoadedRun, texts: list[str], pairs: list[str] | None = None,
+                  backend: str = "torch") -> list[dict]:
+    """Label (and probabilities) or score for each text, in input order, on PyTorch or the ONNX export."""
+    from slingshot.predictor import Predictor
 
-    columns: dict[str, list] = {"text": texts, "row": list(range(1, len(texts) + 1))}
-    if pairs is not None:
-        columns["text_pair"] = pairs
-    return _predict(loaded, Dataset.from_dict(columns))
+    results = Predictor(loaded, backend=backend).predict(texts, pairs)  # type: ignore[arg-type]
+    return [_record(i + 1, text, pairs[i] if pairs else None, None, result, loaded.label_names)
+            for i, (text, result) in enumerate(zip(texts, results))]
 
 
 def predict_labels(loaded: LoadedRun, texts: list[str], pairs: list[str] | None = None) -> list:
     """Just the predicted label name (or number, for regression) of each text, in input order; the fast path
     for comparisons and latency measurements."""
-    from slingshot.inference import encode_texts, forward_logits
-    from slingshot.tasks.classification import _model_max_length
+    from slingshot.predictor import Predictor
 
-    max_length = min(loaded.recipe.model.max_length, _model_max_length(loaded.tokenizer))
-    encoded = encode_texts(loaded.tokenizer, texts, pairs, max_length)
-    logits = forward_logits(loaded.model, encoded, loaded.task.collator(loaded.tokenizer))
-    if loaded.label_names is None:
-        return [float(value) for value in logits[:, 0]]
-    return [loaded.label_names[int(index)] for index in logits.argmax(-1)]
+    return Predictor(loaded).labels(texts, pairs)
+
+
+def _record(row: int, text: str, pair: str | None, gold: Any, result: dict, label_names: list[str] | None) -> dict:
+    record: dict[str, Any] = {"row": row, "text": text}
+    if pair is not None:
+        record["text_pair"] = pair
+    if gold is not None:
+        record["gold"] = float(gold) if label_names is None else label_names[int(gold)]
+    if label_names is None:
+        record["predicted"] = result["score"]
+    else:
+        record.update(predicted=result["label"], probability=result["probability"],
+                      probabilities=result["probabilities"])
+    return record
 
 
 def predict_answers(loaded: LoadedRun, questions: list[str], contexts: list[str]) -> list[dict]:
@@ -93,10 +101,20 @@ def predict_answers(loaded: LoadedRun, questions: list[str], contexts: list[str]
     return _predict(loaded, dataset)
 
 
-def predict_file(loaded: LoadedRun, path: str) -> tuple[list[dict], Skipped]:
+def predict_file(loaded: LoadedRun, path: str, backend: str = "torch") -> tuple[list[dict], Skipped]:
     """Predictions for every non-empty text of a file (labels, when present, are kept as `gold`)."""
     dataset, skipped = load_file(path, loaded.recipe, loaded.label_names, need_label=None)
-    return _predict(loaded, dataset), skipped
+    if loaded.task.name not in ("classification", "regression"):
+        return _predict(loaded, dataset), skipped
+    from slingshot.predictor import Predictor
+
+    texts = list(dataset["text"])
+    pairs = list(dataset["text_pair"]) if "text_pair" in dataset.column_names else None
+    gold = list(dataset["label"]) if "label" in dataset.column_names else [None] * len(texts)
+    results = Predictor(loaded, backend=backend).predict(texts, pairs)  # type: ignore[arg-type]
+    rows = list(dataset["row"]) if "row" in dataset.column_names else list(range(1, len(texts) + 1))
+    return [_record(rows[i], texts[i], pairs[i] if pairs else None, gold[i], results[i], loaded.label_names)
+            for i in range(len(texts))], skipped
 
 
 def _predict(loaded: LoadedRun, dataset) -> list[dict]:
