@@ -137,8 +137,15 @@ def run(recipe: RecipeArg, set_: SetOpt = None, overwrite: OverwriteOpt = False,
                              "fix the data (see the report above), then run again")
     result = run_training(loaded, overwrite=overwrite, resume=resume)
     _render_result(result, recipe)
-    if loaded.compare.baselines and not result.interrupted:
+    if result.interrupted:
+        return
+    from slingshot.report import build_report
+    from slingshot.rundir import write_json
+
+    write_json(result.run.path / "inspection.json", report.to_dict())
+    if loaded.compare.baselines:
         _compare(str(result.run.path), loaded.compare, force=overwrite)
+    out.print(f"report: {build_report(str(result.run.path))}", highlight=False)
 
 
 def _render_result(result, recipe_path: Path) -> None:
@@ -552,6 +559,18 @@ def serve(
                          max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, auth_token=token)
     run_server(str(run_dir), host, port, limits, backend=backend, precision="bf16" if bf16 else "fp32",
                int8=int8, threads=threads)
+
+
+@app.command()
+def report(run_dir: RunArg) -> None:
+    """Write <run>/report.html: one self-contained page with the summary, curves, confusion matrix, worst
+    mistakes, reliability diagram and, when present, the comparison, similarity and learning curve.
+
+    Example: slingshot report runs/sst2
+    """
+    from slingshot.report import build_report
+
+    out.print(f"wrote {build_report(str(run_dir))}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------ fields
