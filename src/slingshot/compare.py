@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,3 +372,16 @@ def disagreements(systems: list[SystemPredictions], examples: Examples) -> list[
             record["correct"] = [name for name, answer in answers.items() if answer == gold]
             records.append(record)
     return records
+
+
+class _CallableModule(type(sys.modules[__name__])):  # type: ignore[misc]
+    """`slingshot.compare(run, baselines)` is the Python API's compare (slingshot.api.compare). Importing this
+    module binds `slingshot.compare` to the module itself, so the module answers that call."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        from slingshot.api import compare as api_compare
+
+        return api_compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

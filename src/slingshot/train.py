@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -454,3 +455,16 @@ def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if isinstance(v, float | int)}
+
+
+class _CallableModule(type(sys.modules[__name__])):  # type: ignore[misc]
+    """`slingshot.train(recipe)` is the Python API's train (slingshot.api.train). Importing this module binds
+    `slingshot.train` to the module itself, so the module answers that call."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        from slingshot.api import train as api_train
+
+        return api_train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
