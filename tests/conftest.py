@@ -49,10 +49,13 @@ def _vocab() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and a word-level vocabulary of the toy data."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def build_tiny_bert(folder: Path) -> Path:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     # Transformers 5 takes the vocabulary itself (`vocab=`), not a `vocab_file=` path
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(_vocab())}, do_lower_case=True, model_max_length=64)
     tokenizer.save_pretrained(folder)

@@ -23,7 +23,10 @@ def test_every_field_has_a_default_and_a_description():
     Recipe()  # every field has a default
 
 
-@pytest.mark.parametrize("path", sorted(REPO.glob("examples/*/*.yaml")), ids=lambda p: p.parent.name)
+RECIPES = sorted(p for p in REPO.glob("examples/*/*.yaml") if p.parent.name != "accelerate")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.parent.name)
 def test_every_example_recipe_validates_and_names_its_run_command(path):
     recipe = load_recipe(path)
     assert recipe.data.train is not None
@@ -98,3 +101,14 @@ def test_metric_must_be_one_the_task_computes(tmp_path):
     with pytest.raises(RecipeError, match="train.metric 'pearson' is not computed for task classification"):
         load_recipe(write(tmp_path, "train:\n  metric: pearson\n"))
     assert load_recipe(write(tmp_path, "task: regression\ntrain:\n  metric: pearson\n")).metric_greater_is_better
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("examples/accelerate/*.yaml")), ids=lambda p: p.stem)
+def test_every_accelerate_config_loads_and_names_its_launch_command(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 2
+    assert "accelerate launch --config_file" in path.read_text().splitlines()[0] or "accelerate launch" in \
+        path.read_text()[:400]
+    assert "-m slingshot train" in path.read_text()[:400]

@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -179,7 +180,12 @@ def train(
     if task.text_answers and recipe.similarity.enabled:
         resolve_model(recipe.similarity.model)  # fail now, not after training, when the embedding model is missing
     parameters = count_parameters(model)
-    run = open_run(recipe.output.dir, recipe.name or "run", overwrite=overwrite, resume=resume)
+    # One process decides about and prepares the run directory; the others wait, then use it.
+    if accelerator.is_main_process:
+        run = open_run(recipe.output.dir, recipe.name or "run", overwrite=overwrite, resume=resume)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        run = RunDir(Path(recipe.output.dir) / (recipe.name or "run"))
     if resume:
         check_same_recipe(run, recipe)
     if accelerator.is_main_process:
@@ -264,16 +270,29 @@ def train(
                     # Each example counts once, however the window is cut into batches: the summed loss is
                     # divided by the examples in the whole window, not averaged per batch.
                     window_items = sum(int(b["labels"].shape[0]) for b in window)
-                    state.examples_seen += window_items
+                    window_real = sum(int(b["attention_mask"].sum()) for b in window)
+                    window_padded = sum(int(b["attention_mask"].numel()) for b in window)
+                    loss_scale = 1 / window_items
+                    if accelerator.num_processes > 1:
+                        # Across processes too: DDP averages gradients, so dividing by the examples of all
+                        # processes' windows, times the process count, weighs every example the same. The same
+                        # reduction makes the counters global (and equal in every process's checkpoint).
+                        counts = accelerator.reduce(torch.tensor([window_items, window_real, window_padded],
+                                                                 device=device), reduction="sum")
+                        global_items, window_real, window_padded = (int(value) for value in counts)
+                        loss_scale = accelerator.num_processes / global_items
+                    else:
+                        global_items = window_items
+                    state.examples_seen += global_items
+                    state.real_tokens += window_real
+                    state.padded_tokens += window_padded
                     loss_total = 0.0
                     for index, micro in enumerate(window):
-                        state.real_tokens += int(micro["attention_mask"].sum())
-                        state.padded_tokens += int(micro["attention_mask"].numel())
                         sync = index == len(window) - 1
                         with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
                             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                                 loss_sum, _ = task.loss(model, micro)
-                            accelerator.backward(loss_sum / window_items)
+                            accelerator.backward(loss_sum * loss_scale)
                         loss_total += float(loss_sum.detach())
                     if recipe.train.max_grad_norm is not None:
                         accelerator.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm)
@@ -357,10 +376,12 @@ def train(
     # The best evaluation's weights become the model; finished runs keep no optimizer state.
     state.wall_time_s += time.perf_counter() - session_start
     unwrapped = accelerator.unwrap_model(model)
+    accelerator.wait_for_everyone()  # the main process may still be writing the best weights
     if run.best_checkpoint.is_dir():
         from safetensors.torch import load_model
 
         load_model(unwrapped, str(run.best_checkpoint / "model.safetensors"))
+    accelerator.wait_for_everyone()  # every process has the best weights before the checkpoints go
     metrics: dict[str, Any] = {"best_step": state.best_step, "best_metric": metric_name, "evaluations": state.evals}
     if accelerator.is_main_process:
         final_eval = evaluate_split(task, unwrapped, encoded["eval"], collate, data.label_names, device, amp_dtype)
