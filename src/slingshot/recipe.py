@@ -295,6 +295,19 @@ class Docs2QASection(Section):
     )
 
 
+class TrackSection(Section):
+    to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive metrics, the resolved recipe and the summary (through "
+        "Accelerate); each needs its extra, e.g. pip install 'slingshot-lm[mlflow]'. Empty: no tracking.",
+    )
+    project: str | None = Field(None, description="Project / experiment name; default: the run name.")
+    dir: str | None = Field(
+        None, description="Folder of the local stores (TensorBoard logs, MLflow file store); default: "
+        "<output.dir>/tracking. MLflow honours MLFLOW_TRACKING_URI when set; W&B its own settings.",
+    )
+
+
 class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
@@ -314,6 +327,7 @@ class Recipe(Section):
     compare: CompareSection = Field(
         default_factory=CompareSection, description="Baselines to compare the fine-tuned model with (slingshot compare)."
     )
+    track: TrackSection = Field(default_factory=TrackSection, description="Experiment trackers (off by default).")
     docs2qa: Docs2QASection = Field(
         default_factory=Docs2QASection, description="Documents to question-answer data (`slingshot docs2qa`)."
     )

@@ -40,6 +40,7 @@ from slingshot.rundir import (
 )
 from slingshot.similarity import score_records
 from slingshot.tasks import get_task
+from slingshot.tracking import check_trackers, numeric, start_trackers, tracking_dir
 
 
 @dataclass
@@ -163,7 +164,10 @@ def train(
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     if recipe.train.mmap_threshold_kb is not None:
         set_mmap_threshold(recipe.train.mmap_threshold_kb * 1024)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    check_trackers(recipe)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
+                              log_with=list(recipe.track.to) or None,
+                              project_dir=str(tracking_dir(recipe)) if recipe.track.to else None)
     device = accelerator.device
     if device.type == "cpu":
         torch.set_num_threads(recipe.train.threads or default_threads())
@@ -190,6 +194,7 @@ def train(
         check_same_recipe(run, recipe)
     if accelerator.is_main_process:
         run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
+    tracking = start_trackers(accelerator, recipe, run.path.name)
 
     # Batches: length-sorted pools under a token budget, reshuffled every epoch from seed + epoch.
     train_split = encoded["train"]
@@ -310,6 +315,9 @@ def train(
                     lr = scheduler.get_last_lr()[0]
                     tokens_per_s = state.real_tokens / max(state.train_time_s, 1e-9)
                     progress.step(state.step, loss_value, lr, tokens_per_s, state.epoch)
+                    if state.step % recipe.train.log_every == 0 and tracking:
+                        accelerator.log({"train/loss": loss_value, "train/lr": lr,
+                                         "train/real_tokens_per_s": tokens_per_s}, step=state.step)
                     if state.step % recipe.train.log_every == 0 and accelerator.is_main_process:
                         append_jsonl(run.train_log, {
                             "step": state.step, "epoch": round(state.epoch + consumed / batches_this_epoch, 4),
@@ -344,6 +352,8 @@ def train(
                         if accelerator.is_main_process:
                             append_jsonl(run.train_log, {"step": state.step, "elapsed_s": entry["elapsed_s"],
                                                          "eval": _scalars(metrics)})
+                        if tracking:
+                            accelerator.log(numeric("eval", _scalars(metrics)), step=state.step)
                         patience = recipe.train.early_stopping.patience
                         target = recipe.train.early_stopping.target
                         if patience is not None and state.evals_without_improvement >= patience:
@@ -371,6 +381,8 @@ def train(
         save_checkpoint()
         interrupted = True
     if interrupted:
+        if tracking:
+            accelerator.end_training()
         return TrainResult(run, {}, {"optimizer_steps": state.step, "total_steps": total_steps}, interrupted=True)
 
     # The best evaluation's weights become the model; finished runs keep no optimizer state.
@@ -440,6 +452,10 @@ def train(
     }
     if accelerator.is_main_process:
         write_json(run.summary, summary)
+    if tracking:
+        final = numeric("summary", summary) | numeric("final_eval", _scalars(metrics.get("eval", {})))
+        accelerator.log(final, step=state.step)
+        accelerator.end_training()
     return TrainResult(run, metrics, summary)
 
 
