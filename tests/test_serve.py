@@ -161,3 +161,20 @@ def test_onnx_export_agrees_with_pytorch_and_predicts_through_the_cli(toy_traine
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_shutdown_lets_requests_in_flight_finish(toy_trained_run):
+    running = Server(toy_trained_run, ServeLimits(max_wait_ms=600))  # the request waits in the batcher
+    results = {}
+
+    def ask():
+        results["response"] = httpx.post(f"{running.url}/v1/predict", json={"text": "a great film"}, timeout=30)
+
+    client = threading.Thread(target=ask)
+    client.start()
+    time.sleep(0.2)
+    running.server.should_exit = True  # what SIGINT/SIGTERM does
+    client.join(30)
+    running.thread.join(30)
+    assert results["response"].status_code == 200
+    assert results["response"].json()["predictions"][0]["label"] in {"neg", "pos"}
