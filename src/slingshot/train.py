@@ -164,7 +164,8 @@ def train(
         shuffle=True, seed=recipe.train.seed,
     )
     collate = task.collator(tokenizer)
-    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in train_split.column_names]
+    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
+                     if c in train_split.column_names]
     # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run's dropout
     # masks would drift from an uninterrupted one.
     loader = DataLoader(train_split.select_columns(model_columns), batch_sampler=sampler, collate_fn=collate,
@@ -233,10 +234,12 @@ def train(
                     consumed += 1
                     if len(window) < accum and consumed < batches_this_epoch:
                         continue
-                    # Each example counts once, however the window is cut into batches: the summed loss is
-                    # divided by the examples in the whole window, not averaged per batch.
-                    window_items = sum(int(b["labels"].shape[0]) for b in window)
-                    state.examples_seen += window_items
+                    # Each example counts once (or by its weight), however the window is cut into batches: the
+                    # summed loss is divided by the examples (weights) in the whole window, not averaged per batch.
+                    window_examples = sum(int(b["labels"].shape[0]) for b in window)
+                    window_items = sum(float(b["weights"].sum()) if "weights" in b else int(b["labels"].shape[0])
+                                       for b in window)
+                    state.examples_seen += window_examples
                     loss_total = 0.0
                     for index, micro in enumerate(window):
                         state.real_tokens += int(micro["attention_mask"].sum())
@@ -338,11 +341,13 @@ def train(
         final_eval = evaluate_split(task, unwrapped, encoded["eval"], collate, data.label_names, device, amp_dtype)
         metrics["eval"] = final_eval["metrics"]
         write_jsonl(run.predictions, task.records(data.splits["eval"], final_eval["outputs"], data.label_names))
-        if "test" in encoded:
-            final_test = evaluate_split(task, unwrapped, encoded["test"], collate, data.label_names, device, amp_dtype)
-            metrics["test"] = final_test["metrics"]
-            write_jsonl(run.path / "predictions_test.jsonl",
-                        task.records(data.splits["test"], final_test["outputs"], data.label_names))
+        # test and gold (human labels kept apart from teacher labels) are scored once, after the model is chosen
+        for split in ("test", "gold"):
+            if split in encoded:
+                final = evaluate_split(task, unwrapped, encoded[split], collate, data.label_names, device, amp_dtype)
+                metrics[split] = final["metrics"]
+                write_jsonl(run.path / f"predictions_{split}.jsonl",
+                            task.records(data.splits[split], final["outputs"], data.label_names))
         task.save(unwrapped, tokenizer, run.model, adapter_path=run.adapter)
         write_json(run.metrics, metrics)
         shutil.rmtree(run.checkpoints, ignore_errors=True)
@@ -363,6 +368,7 @@ def train(
         "train_examples": len(train_split),
         "eval_examples": len(eval_split),
         "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count},
+        "labels": data.provenance,  # where the training labels came from (teacher, filtering, weighting, gold)
         "optimizer_steps": state.step,
         "epochs_completed": state.epoch,
         "wall_time_s": round(state.wall_time_s, 2),
