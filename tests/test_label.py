@@ -7,10 +7,14 @@ import json
 import math
 
 import pytest
-from conftest import NEGATIVE, POSITIVE, toy_rows, write_csv
+from conftest import POSITIVE, toy_rows, write_csv
 from llm_server import Hang, Status, completion
 
-from slingshot.confidence import accuracy_by_min_confidence, agreement, logprob_confidence
+from slingshot.confidence import (
+    accuracy_by_min_confidence,
+    agreement,
+    logprob_confidence,
+)
 from slingshot.data import load_data
 from slingshot.errors import DataError, RecipeError, RunDirError
 from slingshot.label import label_file

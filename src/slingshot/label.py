@@ -16,11 +16,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slingshot.baselines import Examples, SystemPredictions, build_prompt, parse_label, pick_shots, response_format
-from slingshot.confidence import accuracy_by_min_confidence, agreement, logprob_confidence
+from slingshot.baselines import (
+    Examples,
+    SystemPredictions,
+    build_prompt,
+    parse_label,
+    pick_shots,
+    response_format,
+)
+from slingshot.confidence import (
+    accuracy_by_min_confidence,
+    agreement,
+    logprob_confidence,
+)
 from slingshot.data import encode_label, infer_label_names, read_rows, to_examples
 from slingshot.errors import DataError, RecipeError, RunDirError
-from slingshot.llm import ChatRequest, ChatResult, LLMClient, Usage, prices_per_1m_usd, token_cost_usd
+from slingshot.llm import (
+    ChatRequest,
+    ChatResult,
+    LLMClient,
+    Usage,
+    prices_per_1m_usd,
+    token_cost_usd,
+)
 from slingshot.recipe import Recipe
 from slingshot.rundir import write_json, write_table
 from slingshot.stats import percentiles_ms
