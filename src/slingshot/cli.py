@@ -280,10 +280,11 @@ def _refuse_existing(path: Path | None) -> None:
 def compare(
     run_dir: RunArg,
     baseline: Annotated[list[str] | None, typer.Option(
-        "--baseline", help="majority, embedding, llm, or another run's directory (repeatable). "
+        "--baseline", help="majority, embedding, llm, teacher (label section), or another run's directory "
+        "(repeatable). "
         "Default: the recipe's compare.baselines.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled file to compare on (default: --split).")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="eval or test split of the run's data.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="eval, test or gold split of the run's data.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Compare on a seeded sample of N examples.")] = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run's existing comparison.")] = False,
