@@ -114,3 +114,19 @@ def test_cli_run_labels_first_then_trains_and_compares_with_the_teacher(tmp_path
     code, out, err = invoke("label", path, "--input", tmp_path / "missing.csv", "--output", tmp_path / "other")
     assert code == 2 and "data file not found" in err
     assert len(server.requests) == sent
+
+
+def test_weighting_by_confidence_changes_what_is_learned(tmp_path, tiny_bert):
+    # half the labels are flipped and marked unsure: weighted, the student must end up elsewhere than unweighted
+    rows = [(text, label if i % 4 else ("neg" if label == "pos" else "pos"), 1.0 if i % 4 else 0.1)
+            for i, (text, label) in enumerate(toy_rows(80, seed=1))]
+    source = write_csv(tmp_path / "teacher.csv", rows, header=("text", "label", "confidence"))
+    eval_file = write_csv(tmp_path / "dev.csv", toy_rows(20, seed=2))
+    losses = {}
+    for weighted in (False, True):
+        raw = toy_recipe(tmp_path / str(weighted), tiny_bert, {"train": source, "eval": eval_file}, epochs=2)
+        raw["data"]["weight_by_confidence"] = weighted
+        result = train(recipe_from_dict(raw, tmp_path), show_progress=False)
+        losses[weighted] = result.metrics["eval"]["loss"]
+        assert result.summary["labels"].get("weighted_by_confidence", False) is weighted
+    assert losses[True] != losses[False]
