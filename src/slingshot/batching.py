@@ -132,4 +132,6 @@ class PaddingCollator:
             batch["token_type_ids"] = token_type_ids
         if "labels" in examples[0]:
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=self.label_dtype)
+        if "weights" in examples[0]:
+            batch["weights"] = torch.tensor([e["weights"] for e in examples], dtype=torch.float32)
         return batch

@@ -143,7 +143,7 @@ def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=Non
         if counts and min(counts) > 0 and max(counts) / min(counts) >= 10:
             problems.append(Problem("strong class imbalance (largest/smallest >= 10)", "train", max(counts),
                                     f"{max(counts)} vs {min(counts)} rows", "warning"))
-    for split in ("eval", "test"):
+    for split in ("eval", "test", "gold"):
         if split in texts_by_split:
             overlap = texts_by_split["train"] & texts_by_split[split]
             if overlap:

@@ -129,6 +129,13 @@ def run(recipe: RecipeArg, set_: SetOpt = None, overwrite: OverwriteOpt = False,
     from slingshot.train import train as run_training
 
     loaded = _recipe(recipe, set_)
+    if loaded.label.input is not None and loaded.data.train is None:
+        # A recipe with unlabelled texts and no training data: the teacher labels them first (once; a labelled
+        # folder that exists is reused, and a rerun after a failure asks the endpoint only what is missing).
+        if loaded.labelled_path.is_file():
+            err.print(f"training on the teacher labels in {loaded.labelled_path}", highlight=False)
+        else:
+            _label(loaded)
     report = inspect_data(loaded)
     _render_inspect(report)
     if report.errors:
@@ -378,10 +385,11 @@ def _refuse_existing(path: Path | None, option: str = "--output") -> None:
 def compare(
     run_dir: RunArg,
     baseline: Annotated[list[str] | None, typer.Option(
-        "--baseline", help="majority, embedding, llm, or another run's directory (repeatable). "
+        "--baseline", help="majority, embedding, llm, teacher (label section), or another run's directory "
+        "(repeatable). "
         "Default: the recipe's compare.baselines.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled file to compare on (default: --split).")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="eval or test split of the run's data.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="eval, test or gold split of the run's data.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Compare on a seeded sample of N examples.")] = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the run's existing comparison.")] = False,
@@ -571,6 +579,101 @@ def report(run_dir: RunArg) -> None:
     from slingshot.report import build_report
 
     out.print(f"wrote {build_report(str(run_dir))}", highlight=False)
+# ------------------------------------------------------------------------------------------------ label / select
+
+
+@app.command()
+def label(
+    recipe: RecipeArg,
+    input_file: Annotated[Path | None, typer.Option("--input", help="Texts to label (default: label.input).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", help="Folder for labelled.<ext> and label_report.json (default: <output.dir>/<name>-labels).")] = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Label again into a folder that holds labels.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label texts with the recipe's teacher LLM: each label with a confidence (log-probabilities, or agreement
+    of label.samples answers), invalid answers counted, cost reported. Answers are cached: a rerun is free.
+
+    Examples:
+      slingshot label recipe.yaml --input unlabelled.csv --set label.llm.model=gpt-4o-mini
+      slingshot label recipe.yaml --input unlabelled.csv --set label.seed_set=seed.csv --set label.shots=8 \\
+          --set label.samples=5 --output labels/
+    """
+    _label(_recipe(recipe, set_), input_file, output, overwrite, as_json)
+
+
+def _label(recipe, input_file: Path | None = None, output: Path | None = None, overwrite: bool = False,
+           as_json: bool = False) -> None:
+    from slingshot.label import label_file
+
+    done = {"count": 0}
+
+    def on_result(index: int, result) -> None:
+        done["count"] += 1
+        if done["count"] % 100 == 0:
+            err.print(f"  teacher answers: {done['count']}", highlight=False)
+
+    result = label_file(recipe, str(input_file) if input_file else None, output=str(output) if output else None,
+                        overwrite=overwrite, on_result=on_result, log=lambda message: err.print(message, highlight=False))
+    report = result.report
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    cost = "unknown (set label.llm prices)" if report["cost_usd"] is None else f"{report['cost_usd']:.4f} USD"
+    confidence = report["confidence"]
+    out.print(f"labelled {report['labelled']} of {report['texts']} texts: "
+              + ", ".join(f"{name} {count}" for name, count in report["per_label"].items())
+              + f"; invalid {report['invalid']}, truncated {report['truncated']}; confidence from log-probabilities "
+              f"{confidence['from_logprobs']}, agreement {confidence['from_agreement']}, none {confidence['none']}; "
+              f"{report['sent']} requests sent, {report['cached']} cached; cost {cost}; {report['wall_s']:.0f} s",
+              highlight=False)
+    if "gold" in report:
+        gold = report["gold"]
+        out.print(f"teacher accuracy on {gold['examples']} gold examples: {gold['teacher_accuracy']:.1%}", highlight=False)
+    out.print(f"written: {result.labelled_path}, {result.report_path.name}", highlight=False)
+
+
+@app.command()
+def select(
+    run_dir: RunArg,
+    input_file: Annotated[Path, typer.Option("--input", help="Pool of unlabelled texts (the run's text column).")],
+    n: Annotated[int | None, typer.Option("--n", help="Texts to pick (default: select.n).")] = None,
+    strategy: Annotated[str | None, typer.Option(
+        "--strategy", help="uncertainty, diverse or mixed (default: select.strategy).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", help="Where to write the picks (.csv/.tsv/.jsonl; default RUN/selected-<strategy>.csv).")] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pick the texts whose labels would help the run most (active learning): least sure, most diverse, or both.
+    Identical texts and texts the run already has are never picked. Label the picks, add them, train again.
+
+    Examples:
+      slingshot select runs/sst2 --input pool.csv --n 200 --strategy mixed
+      slingshot select runs/sst2 --input pool.csv --strategy uncertainty --set uncertainty=entropy
+    """
+    from slingshot.recipe import apply_overrides, recipe_from_dict
+    from slingshot.rundir import find_run
+    from slingshot.selection import select_file
+
+    run_path = find_run(str(run_dir))
+    raw = yaml.safe_load(run_path.recipe.read_text(encoding="utf-8")) if run_path.recipe.is_file() else {}
+    overrides = [item if item.startswith("select.") else f"select.{item}" for item in set_ or []]
+    overrides += [f"select.n={n}"] if n is not None else []
+    overrides += [f"select.strategy={strategy}"] if strategy is not None else []
+    options = recipe_from_dict(apply_overrides(raw or {}, overrides), source=str(run_path.recipe)).select
+    selection = select_file(str(run_path.path), str(input_file), options, output=str(output) if output else None,
+                            log=lambda message: err.print(message, highlight=False))
+    report = selection.report
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    out.print(f"picked {report['picked']} of {report['candidates']} candidate texts ({report['strategy']}); "
+              f"dropped {report['already_labelled']} already labelled and {report['duplicates_dropped']} duplicates; "
+              f"mean {report['uncertainty']} uncertainty {report['mean_uncertainty_picked']:.3f} picked vs "
+              f"{report['mean_uncertainty_pool']:.3f} in the pool", highlight=False)
+    out.print(f"written: {selection.path}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------ fields

@@ -39,7 +39,7 @@ from slingshot.stats import (
     paired_bootstrap_p,
 )
 
-BUILTIN_BASELINES = ("majority", "embedding", "llm")
+BUILTIN_BASELINES = ("majority", "embedding", "llm", "teacher")
 
 
 @dataclass
@@ -77,7 +77,7 @@ def compare_run(run_path: str, options: CompareSection, *, data_path: str | None
                           "pass --force to replace it, or copy it away first")
     regression = loaded.label_names is None
     for name in options.baselines:
-        if name in ("embedding", "llm") and regression:
+        if name in ("embedding", "llm", "teacher") and regression:
             raise RecipeError(f"baseline '{name}' compares labels; this run is a regression",
                               "use majority (the mean) or another run")
 
@@ -101,6 +101,10 @@ def compare_run(run_path: str, options: CompareSection, *, data_path: str | None
         elif name == "llm":
             shots = pick_shots(train_texts, train_labels, loaded.label_names, options.shots, options.seed)
             systems.append(llm_baseline(examples, loaded.label_names, shots, options, on_llm_result))
+        elif name == "teacher":  # the LLM that labelled the training data, with its own prompt (cached answers)
+            from slingshot.label import teacher_baseline
+
+            systems.append(teacher_baseline(loaded.recipe, examples, on_llm_result))
         else:
             systems.append(other_run(name, loaded, examples, options))
 
@@ -201,6 +205,8 @@ def score(systems: list[SystemPredictions], examples: Examples, label_names: lis
             tests.append({"baseline": system.name, "test": "McNemar exact", "p_value": test.p_value,
                           "only_fine_tuned_correct": test.only_a_correct, "only_baseline_correct": test.only_b_correct,
                           "difference": float(correct[0].mean() - right.mean())})
+        for test, predicted in zip(tests, encoded[1:]):
+            test["agreement"] = float(np.mean(predicted == encoded[0]))  # same answer, right or wrong
         primary = "accuracy"
     else:
         gold = np.asarray(examples.gold, dtype=float)
@@ -222,7 +228,11 @@ def score(systems: list[SystemPredictions], examples: Examples, label_names: lis
                           "difference": difference})
         primary = "rmse"
 
+    # Making a student from teacher labels cost the labelling too: both count before fine-tuning pays for itself.
+    labelling_cost = (summary.get("labels") or {}).get("labelling_cost_usd")
     fine_tune_cost = _fine_tune_cost(summary, options)
+    if fine_tune_cost is not None and labelling_cost is not None:
+        fine_tune_cost += labelling_cost
     for test, system in zip(tests, systems[1:]):
         test["verdict"] = _verdict(test, level)
         test["cost_ratio"] = _ratio(system.cost_per_1k_usd, fine_tuned.cost_per_1k_usd)
@@ -232,7 +242,8 @@ def score(systems: list[SystemPredictions], examples: Examples, label_names: lis
                   "source": p.source, "measured": False} for p in options.published]
     return {"examples": count, "source": source, "primary_metric": primary, "confidence": level,
             "bootstrap_samples": options.bootstrap_samples, "systems": rows, "tests": tests, "published": published,
-            "fine_tune_cost_usd": fine_tune_cost, "hardware_price_per_hour_usd": options.hardware_price_per_hour_usd}
+            "fine_tune_cost_usd": fine_tune_cost, "labelling_cost_usd": labelling_cost,
+            "hardware_price_per_hour_usd": options.hardware_price_per_hour_usd}
 
 
 def _row(system: SystemPredictions, metrics: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
@@ -339,9 +350,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     for test in report["tests"]:
         extra = (f" Fine-tuning pays for itself after {test['break_even_predictions']:,} predictions."
                  if test["break_even_predictions"] is not None else "")
-        lines.append(f"- {test['sentence']}{extra}")
+        agree = f" The two agree on {test['agreement']:.1%} of examples." if "agreement" in test else ""
+        lines.append(f"- {test['sentence']}{agree}{extra}")
     if report["fine_tune_cost_usd"] is not None:
-        note = (f"Fine-tuning cost: {_usd(report['fine_tune_cost_usd'])} at {report['hardware_price_per_hour_usd']} "
+        labelling = report.get("labelling_cost_usd")
+        labels_note = f" (teacher labels included: {_usd(labelling)})" if labelling is not None else ""
+        note = (f"Fine-tuning cost: {_usd(report['fine_tune_cost_usd'])}{labels_note} at "
+                f"{report['hardware_price_per_hour_usd']} "
                 "USD/hour. Local costs are measured time on this machine at that price; endpoint costs are token "
                 "usage at the recipe's (or the built-in) prices.")
         lines += ["", note]

@@ -19,6 +19,7 @@ from slingshot.errors import DataError
 from slingshot.recipe import Recipe
 
 SPLITS = ("train", "eval", "test")
+ALL_SPLITS = (*SPLITS, "gold")  # gold: human labels kept apart from teacher-labelled training data
 SPLIT_FILE_STEMS = {
     "train": ("train", "training"),
     "eval": ("eval", "dev", "validation", "valid", "val"),
@@ -61,6 +62,7 @@ class LoadedData:
     sources: dict[str, str]
     skipped: dict[str, Skipped]
     unseen_eval_labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # where the training labels came from
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -214,6 +216,11 @@ def find_split_files(folder: Path) -> dict[str, str]:
 
 def data_sources(recipe: Recipe) -> dict[str, str]:
     """Where each split comes from: a file, a split of a folder, or a split of a hub dataset."""
+    if recipe.data.train is None and recipe.label.input is not None:
+        if not recipe.labelled_path.is_file():
+            raise DataError(f"no teacher labels yet at {recipe.labelled_path}",
+                            "run `slingshot label RECIPE` (or `slingshot run`, which labels first)")
+        recipe.data.train = str(recipe.labelled_path.resolve())
     if recipe.data.train is None:
         raise DataError("the recipe names no training data", "set data.train to a file, a folder or a dataset id")
     train = recipe.resolve_path(recipe.data.train)
@@ -225,18 +232,26 @@ def data_sources(recipe: Recipe) -> dict[str, str]:
         sources["train"] = train
         if not Path(train).exists() and not _looks_like_local(train):
             sources["eval"] = train + "#eval"  # same hub id, eval split when it has one
-    for split in ("eval", "test"):
+    for split in ("eval", "test", "gold"):
         value = getattr(recipe.data, split)
         if value is not None:
             sources[split] = recipe.resolve_path(value)  # type: ignore[assignment]
     return sources
 
 
-def to_examples(rows: Rows, recipe: Recipe, *, need_label: bool = True) -> tuple[list[dict[str, Any]], Skipped]:
-    """Records to {text, text_pair?, label?, row} examples; empty texts are skipped and counted."""
+def to_examples(rows: Rows, recipe: Recipe, *, need_label: bool = True,
+                need_confidence: bool = False) -> tuple[list[dict[str, Any]], Skipped]:
+    """Records to {text, text_pair?, label?, confidence?, row} examples; empty texts are skipped and counted."""
     columns = [recipe.data.text_column] + ([recipe.data.text_pair_column] if recipe.data.text_pair_column else [])
     if need_label:
         columns.append(recipe.data.label_column)
+    if need_confidence and recipe.data.confidence_column not in rows.columns:
+        raise DataError(
+            f"{rows.source}: confidence column '{recipe.data.confidence_column}' not found; columns found: "
+            f"{', '.join(rows.columns) or '(none)'}",
+            "label with `slingshot label` (it writes one), set data.confidence_column, or drop "
+            "data.min_confidence / data.weight_by_confidence",
+        )
     missing = [c for c in columns if c not in rows.columns]
     if missing:
         field_name = {recipe.data.text_column: "data.text_column", recipe.data.label_column: "data.label_column"}
@@ -269,8 +284,21 @@ def to_examples(rows: Rows, recipe: Recipe, *, need_label: bool = True) -> tuple
                     "label every row, or remove unlabelled rows",
                 )
             example["label"] = label
+        if need_confidence:
+            example["confidence"] = _confidence(record.get(recipe.data.confidence_column), rows.source, line)
         examples.append(example)
     return examples, skipped
+
+
+def _confidence(value: Any, source: str, line: int) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 <= number <= 1:  # also catches NaN
+        raise DataError(f"{source}:{line}: confidence {value!r} is not a number from 0 to 1",
+                        "label with samples > 1 or an endpoint that returns log-probabilities, or fix that row")
+    return number
 
 
 def _as_int(value: Any) -> int | None:
@@ -342,7 +370,7 @@ def stratified_split(examples: list[dict[str, Any]], fraction: float, seed: int,
     return [e for i, e in enumerate(examples) if i not in chosen], [examples[i] for i in sorted(chosen)]
 
 
-def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = SPLITS) -> LoadedData:
+def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = ALL_SPLITS) -> LoadedData:
     """Load every split the recipe names, map columns and labels, hold out eval when needed.
 
     strict=True (training) raises DataError for a single-class training set or an eval label unseen in training;
@@ -356,7 +384,9 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
     raw: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, Skipped] = {}
     shown_sources: dict[str, str] = {}
-    for split in SPLITS:
+    teacher_options = recipe.data.min_confidence is not None or recipe.data.weight_by_confidence
+    provenance: dict[str, Any] = {}
+    for split in ALL_SPLITS:
         if split not in sources or (split != "train" and split not in splits):
             continue
         source = sources[split]
@@ -367,17 +397,24 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
                 continue  # a hub dataset without an eval split: hold one out of train below
         else:
             rows = read_rows(source, config=recipe.data.dataset_config, split=split)
-        raw[split], skipped[split] = to_examples(rows, recipe)
+        raw[split], skipped[split] = to_examples(rows, recipe, need_confidence=split == "train" and teacher_options)
         shown_sources[split] = rows.source
+        if split == "train":
+            provenance = label_provenance(rows, recipe)
         if not raw[split]:
             raise DataError(f"{rows.source}: no usable rows (all {skipped[split].count} texts are empty)",
                             "check data.text_column points at the text")
+
+    if "train" in raw and teacher_options:
+        raw["train"] = _filter_and_weight(raw["train"], recipe, provenance)
 
     if "eval" not in raw:
         stratify = recipe.task == "classification"
         raw["train"], raw["eval"] = stratified_split(raw["train"], recipe.data.eval_fraction, recipe.data.seed, stratify)
         shown_sources["eval"] = f"{shown_sources['train']} (held out {recipe.data.eval_fraction:.0%}, seed {recipe.data.seed})"
         skipped["eval"] = Skipped()
+        for example in raw["eval"]:
+            example.pop("weight", None)  # evaluation scores every example alike
 
     label_names = None
     unseen: dict[str, dict[str, int]] = {}
@@ -421,9 +458,47 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
     for split, examples in raw.items():
         if split not in splits:
             continue
-        examples = sample(examples, limits[split], recipe.data.seed)
+        examples = sample(examples, limits.get(split), recipe.data.seed)  # gold is never subsampled
         datasets[split] = Dataset.from_list(examples)
-    return LoadedData(datasets, label_names, shown_sources, skipped, unseen)
+    if "gold" in raw:
+        provenance["gold"] = {"source": shown_sources["gold"], "rows": len(raw["gold"])}
+    return LoadedData(datasets, label_names, shown_sources, skipped, unseen, provenance)
+
+
+def label_provenance(rows: Rows, recipe: Recipe) -> dict[str, Any]:
+    """Where the training labels came from: the file, the teachers named in its `teacher` column, and the
+    label_report.json that `slingshot label` wrote beside it (endpoint, prompt settings, cost)."""
+    provenance: dict[str, Any] = {"source": rows.source, "rows": len(rows.records)}
+    if "teacher" in rows.columns:
+        teachers: dict[str, int] = {}
+        for record in rows.records:
+            name = str(record.get("teacher") or "(none)")
+            teachers[name] = teachers.get(name, 0) + 1
+        provenance["teachers"] = teachers
+    report_path = Path(rows.source).parent / "label_report.json"
+    if report_path.is_file():
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        provenance["label_report"] = str(report_path)
+        provenance["labelling_cost_usd"] = report.get("cost_usd")
+        provenance["teacher_settings"] = report.get("teacher")
+    return provenance
+
+
+def _filter_and_weight(examples: list[dict[str, Any]], recipe: Recipe, provenance: dict[str, Any]):
+    """Drop teacher labels below data.min_confidence; weight the rest by confidence when asked. Recorded."""
+    threshold = recipe.data.min_confidence
+    kept = examples if threshold is None else [e for e in examples if e["confidence"] >= threshold]
+    if not kept:
+        raise DataError(f"no training row has a confidence of at least {threshold} (of {len(examples)})",
+                        "lower data.min_confidence")
+    if recipe.data.weight_by_confidence:
+        for example in kept:
+            example["weight"] = example["confidence"]
+    provenance.update({"min_confidence": threshold, "rows_before_filter": len(examples), "rows_kept": len(kept),
+                       "dropped_low_confidence": len(examples) - len(kept),
+                       "weighted_by_confidence": recipe.data.weight_by_confidence,
+                       "mean_confidence_kept": round(float(np.mean([e["confidence"] for e in kept])), 4)})
+    return kept
 
 
 def load_file(path: str, recipe: Recipe, label_names: list[str] | None, *, need_label: bool | None) -> tuple[Dataset, Skipped]:

@@ -69,6 +69,43 @@ def forward_logits(
     return np.stack(results) if results else np.zeros((0, 0), dtype=np.float32)
 
 
+@torch.inference_mode()
+def logits_and_embeddings(
+    model: torch.nn.Module,
+    encoded: Dataset | dict[str, list],
+    collate,
+    *,
+    device: torch.device | str = "cpu",
+    tokens_per_batch: int = EVAL_TOKENS_PER_BATCH,
+    max_batch_size: int = EVAL_MAX_BATCH_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (rows, k) and the mean of the last hidden states over real tokens (rows, hidden) from the same
+    forward pass, in row order: what active-learning selection needs."""
+    was_training = model.training
+    model.eval()
+    lengths = encoded["length"]
+    names = encoded.column_names if isinstance(encoded, Dataset) else list(encoded)
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in names]
+    data = {c: encoded[c] for c in columns}
+    results: list[np.ndarray | None] = [None] * len(lengths)
+    pooled: list[np.ndarray | None] = [None] * len(lengths)
+    device = torch.device(device)
+    for indices in token_budget_batches(lengths, tokens_per_batch, max_batch_size, shuffle=False):
+        batch = {k: v.to(device) for k, v in collate([{c: data[c][i] for c in columns} for i in indices]).items()}
+        output = model(**batch, output_hidden_states=True)
+        logits = output.logits.float().cpu().numpy()
+        mask = batch["attention_mask"].unsqueeze(-1).float()  # (batch, tokens, 1)
+        hidden = output.hidden_states[-1].float()  # (batch, tokens, hidden)
+        means = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy()  # (batch, hidden)
+        for position, index in enumerate(indices):
+            results[index] = logits[position]
+            pooled[index] = means[position]
+    model.train(was_training)
+    if not results:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+    return np.stack(results), np.stack(pooled)
+
+
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, list]:
     """Tokenized texts with a `length` column, ready for forward_logits; no Dataset round trip, so a single text
     costs only its tokenization and forward pass (what a served request pays)."""

@@ -57,6 +57,19 @@ class DataSection(Section):
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out for eval when no eval file.")
     limit: LimitSection = Field(default_factory=LimitSection, description="Subsample each split (seeded).")
     seed: int = Field(42, description="Seed for splits and subsamples.")
+    gold: str | None = Field(
+        None, description="Human-labelled file kept apart: never trained on nor used to pick the model, scored at "
+        "the end (metrics.json 'gold'); `compare --split gold` scores the student against the teacher on it.",
+    )
+    confidence_column: str = Field(
+        "confidence", description="Column of teacher-label confidences (0-1) read by min_confidence and weighting."
+    )
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description="Train only on rows whose confidence is at least this; null = keep every row."
+    )
+    weight_by_confidence: bool = Field(
+        False, description="Weight each training example's loss by its confidence (teacher labels)."
+    )
 
 
 class LoraSection(Section):
@@ -186,10 +199,12 @@ class PublishedSection(Section):
 class CompareSection(Section):
     baselines: list[str] = Field(
         default_factory=list,
-        description="Systems to compare the fine-tuned model with: majority, embedding, llm, or the path of "
-        "another Slingshot run. Empty: `slingshot run` skips the comparison.",
+        description="Systems to compare the fine-tuned model with: majority, embedding, llm, teacher (the label "
+        "section's endpoint and prompt), or the path of another Slingshot run. Empty: `slingshot run` skips it.",
     )
-    split: Literal["eval", "test"] = Field("eval", description="Which split of the run's data to compare on.")
+    split: Literal["eval", "test", "gold"] = Field(
+        "eval", description="Which split of the run's data to compare on (gold: the recipe's data.gold file)."
+    )
     limit: int | None = Field(None, ge=1, description="Compare on at most this many examples (seeded sample).")
     llm: LLMSection = Field(default_factory=LLMSection, description="The LLM baseline's endpoint (baseline: llm).")
     shots: int = Field(0, ge=0, le=64, description="Examples from the training set shown in the LLM prompt (k-shot).")
@@ -308,6 +323,59 @@ class TrackSection(Section):
     )
 
 
+class LabelSection(Section):
+    """A teacher LLM labels unlabelled texts (`slingshot label`), each label with a confidence."""
+
+    input: str | None = Field(
+        None, description="Unlabelled texts (data.text_column) for the teacher; with it and no data.train, "
+        "`slingshot run` labels them first and trains on the result.",
+    )
+    output: str | None = Field(
+        None, description="Folder for labelled.<ext> and label_report.json; default <output.dir>/<name>-labels."
+    )
+    llm: LLMSection = Field(default_factory=LLMSection, description="The teacher's endpoint.")
+    seed_set: str | None = Field(
+        None, description="Labelled examples (data.* columns) for k-shot prompts; its labels must be the recipe's."
+    )
+    shots: int = Field(0, ge=0, le=64, description="Examples from seed_set shown in each prompt (k-shot).")
+    answer_format: Literal["text", "json_object", "json_schema"] = Field(
+        "text", description="text: parse a free answer; json_object / json_schema: ask for {\"label\": ...}."
+    )
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict, description="Optional description per label name, shown to the teacher."
+    )
+    logprobs: bool = Field(
+        True, description="Ask for token log-probabilities; where returned they give each label's confidence."
+    )
+    top_logprobs: int = Field(5, ge=1, le=20, description="Alternatives per token returned with the log-probabilities.")
+    samples: int = Field(
+        1, ge=1, le=20, description="Answers per text when no log-probabilities come back: confidence is their "
+        "agreement, the label their majority; 1 = no confidence.",
+    )
+    sample_temperature: float = Field(0.7, gt=0, le=2, description="Temperature of the extra samples (2nd onwards).")
+    context_tokens: int = Field(
+        8192, ge=256, description="The teacher's context window; longer texts are truncated to fit with the prompt "
+        "and answer (tokens estimated at 3 characters each), and counted.",
+    )
+    seed: int = Field(42, description="Seed for picking the k-shot examples.")
+
+
+class SelectSection(Section):
+    """Active learning (`slingshot select`): which unlabelled texts to label next."""
+
+    n: int = Field(200, ge=1, description="Texts to pick.")
+    strategy: Literal["uncertainty", "diverse", "mixed"] = Field(
+        "mixed", description="uncertainty: least sure first; diverse: k-center greedy on the model's embeddings; "
+        "mixed: k-center greedy among the most uncertain.",
+    )
+    uncertainty: Literal["margin", "entropy"] = Field(
+        "margin", description="margin: 1 - (top probability - second); entropy: of the predicted distribution."
+    )
+    mixed_pool_factor: int = Field(
+        5, ge=1, description="mixed: diversity picks n among the n x this most uncertain texts."
+    )
+
+
 class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
@@ -331,6 +399,12 @@ class Recipe(Section):
     docs2qa: Docs2QASection = Field(
         default_factory=Docs2QASection, description="Documents to question-answer data (`slingshot docs2qa`)."
     )
+    label: LabelSection = Field(
+        default_factory=LabelSection, description="A teacher LLM labelling unlabelled texts (slingshot label)."
+    )
+    select: SelectSection = Field(
+        default_factory=SelectSection, description="Active learning: texts to label next (slingshot select)."
+    )
 
     # The folder relative data paths are read from; not part of the YAML.
     base_dir: Path = Field(default=Path("."), exclude=True, description="Folder the recipe was read from.")
@@ -340,6 +414,10 @@ class Recipe(Section):
         problems = []
         if self.task == "regression" and self.data.label_names:
             problems.append("data.label_names is only for classification; remove it for task: regression")
+        if self.task == "regression" and (self.label.input or self.data.min_confidence is not None
+                                          or self.data.weight_by_confidence):
+            problems.append("teacher labels (label.input, data.min_confidence, data.weight_by_confidence) are for "
+                            "classification; remove them for task: regression")
         if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:
             problems.append(f"train.metric '{self.train.metric}' is not computed for task {self.task}; "
                             f"use one of: auto, {', '.join(METRICS[self.task])}")
@@ -367,6 +445,17 @@ class Recipe(Section):
     @property
     def metric_greater_is_better(self) -> bool:
         return self.best_metric not in {"loss", "mae", "rmse"}
+
+    @property
+    def label_folder(self) -> Path:
+        """Where `slingshot label` writes the labelled file and label_report.json."""
+        return Path(self.label.output or Path(self.output.dir) / f"{self.name or 'run'}-labels")
+
+    @property
+    def labelled_path(self) -> Path:
+        """The teacher-labelled file: the input's format where it can be written back (CSV, TSV, JSONL), else JSONL."""
+        suffix = Path(self.label.input or "x.csv").suffix.lower()
+        return self.label_folder / f"labelled{suffix if suffix in {'.csv', '.tsv', '.jsonl'} else '.jsonl'}"
 
     def resolve_path(self, value: str | None) -> str | None:
         """A data path relative to the recipe's folder; a dataset id or absolute path is returned unchanged."""
@@ -425,10 +514,11 @@ def recipe_from_dict(raw: dict[str, Any], base_dir: Path | str = ".", source: st
         raise RecipeError(f"{source}: " + "; ".join(problems), "fix the values named above")
     recipe.base_dir = Path(base_dir)
     # Data paths become absolute here, so the recipe saved into a run still points at the same files.
-    for split in ("train", "eval", "test"):
-        value = getattr(recipe.data, split)
+    for section, key in (("data", "train"), ("data", "eval"), ("data", "test"), ("data", "gold"),
+                         ("label", "input"), ("label", "seed_set")):
+        value = getattr(getattr(recipe, section), key)
         if value is not None:
-            setattr(recipe.data, split, recipe.resolve_path(value))
+            setattr(getattr(recipe, section), key, recipe.resolve_path(value))
     return recipe
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -122,6 +123,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     with tmp.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_table(path: Path, records: list[dict[str, Any]], columns: list[str]) -> None:
+    """Records as CSV, TSV or JSONL (by the file's suffix), written atomically: never half a file."""
+    suffix = path.suffix.lower()
+    if suffix not in {".csv", ".tsv", ".jsonl"}:
+        raise RunDirError(f"cannot write {path}: unsupported file type '{suffix}'", "name a .csv, .tsv or .jsonl file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        if suffix == ".jsonl":
+            for record in records:
+                handle.write(json.dumps({c: record.get(c) for c in columns}, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.writer(handle, delimiter="\t" if suffix == ".tsv" else ",", lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows([["" if record.get(c) is None else record.get(c) for c in columns] for record in records])
     os.replace(tmp, path)
 
 

@@ -203,7 +203,8 @@ def train(
         shuffle=True, seed=recipe.train.seed,
     )
     collate = task.collator(tokenizer)
-    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in train_split.column_names]
+    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
+                     if c in train_split.column_names]
     # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run's dropout
     # masks would drift from an uninterrupted one.
     loader = DataLoader(train_split.select_columns(model_columns), batch_sampler=sampler, collate_fn=collate,
@@ -272,9 +273,11 @@ def train(
                     consumed += 1
                     if len(window) < accum and consumed < batches_this_epoch:
                         continue
-                    # Each example counts once, however the window is cut into batches: the summed loss is
-                    # divided by the examples in the whole window, not averaged per batch.
-                    window_items = sum(int(b["labels"].shape[0]) for b in window)
+                    # Each example counts once (or by its weight), however the window is cut into batches: the
+                    # summed loss is divided by the examples (weights) in the whole window, not averaged per batch.
+                    window_examples = sum(int(b["labels"].shape[0]) for b in window)
+                    window_items = sum(float(b["weights"].sum()) if "weights" in b else int(b["labels"].shape[0])
+                                       for b in window)
                     window_real = sum(int(b["attention_mask"].sum()) for b in window)
                     window_padded = sum(int(b["attention_mask"].numel()) for b in window)
                     loss_scale = 1 / window_items
@@ -282,15 +285,14 @@ def train(
                         # Across processes too: DDP averages gradients, so dividing by the examples of all
                         # processes' windows, times the process count, weighs every example the same. The same
                         # reduction makes the counters global (and equal in every process's checkpoint).
-                        counts = accelerator.reduce(torch.tensor([window_items, window_real, window_padded],
-                                                                 device=device), reduction="sum")
-                        global_items, window_real, window_padded = (int(value) for value in counts)
+                        counts = accelerator.reduce(torch.tensor(
+                            [window_items, window_examples, window_real, window_padded], dtype=torch.float64,
+                            device=device), reduction="sum")
+                        global_items, window_examples, window_real, window_padded = counts.tolist()
                         loss_scale = accelerator.num_processes / global_items
-                    else:
-                        global_items = window_items
-                    state.examples_seen += global_items
-                    state.real_tokens += window_real
-                    state.padded_tokens += window_padded
+                    state.examples_seen += int(window_examples)
+                    state.real_tokens += int(window_real)
+                    state.padded_tokens += int(window_padded)
                     loss_total = 0.0
                     for index, micro in enumerate(window):
                         sync = index == len(window) - 1
@@ -403,14 +405,17 @@ def train(
             metrics["eval"]["similarity"] = score_records(records, recipe.similarity, run.path / "similarity_eval.png",
                                                           title=f"{recipe.name} eval")
         write_jsonl(run.predictions, records)
-        if "test" in encoded:
-            final_test = evaluate_split(task, unwrapped, encoded["test"], collate, data.label_names, device, amp_dtype)
-            metrics["test"] = final_test["metrics"]
-            records = task.records(data.splits["test"], final_test["outputs"], data.label_names)
-            if task.text_answers and recipe.similarity.enabled:
-                metrics["test"]["similarity"] = score_records(records, recipe.similarity,
-                                                              run.path / "similarity_test.png", title=f"{recipe.name} test")
-            write_jsonl(run.path / "predictions_test.jsonl", records)
+        # test and gold (human labels kept apart from teacher labels) are scored once, after the model is chosen
+        for split in ("test", "gold"):
+            if split in encoded:
+                final = evaluate_split(task, unwrapped, encoded[split], collate, data.label_names, device, amp_dtype)
+                metrics[split] = final["metrics"]
+                records = task.records(data.splits[split], final["outputs"], data.label_names)
+                if task.text_answers and recipe.similarity.enabled:
+                    metrics[split]["similarity"] = score_records(records, recipe.similarity,
+                                                                 run.path / f"similarity_{split}.png",
+                                                                 title=f"{recipe.name} {split}")
+                write_jsonl(run.path / f"predictions_{split}.jsonl", records)
         task.save(unwrapped, tokenizer, run.model, adapter_path=run.adapter)
         write_json(run.metrics, metrics)
         shutil.rmtree(run.checkpoints, ignore_errors=True)
@@ -432,6 +437,7 @@ def train(
         "eval_examples": len(eval_split),
         "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count and not s.reasons},
         "skipped_examples": {split: s.reasons for split, s in data.skipped.items() if s.reasons},
+        "labels": data.provenance,  # where the training labels came from (teacher, filtering, weighting, gold)
         "optimizer_steps": state.step,
         "epochs_completed": state.epoch,
         "wall_time_s": round(state.wall_time_s, 2),

@@ -43,8 +43,9 @@ class Task(Protocol):
         """Logits of a batch of inputs: (batch, k) per example, or (batch, seq, k) per token."""
         ...
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Summed loss over the batch and the number of items it sums over (examples or tokens)."""
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """Summed loss over the batch and the number of items it sums over (examples or tokens), or the sum of
+        their weights when the batch carries per-example `weights`."""
         ...
 
     def outputs(self, logits: np.ndarray | list[np.ndarray], encoded: Dataset) -> Any:

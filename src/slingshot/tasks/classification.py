@@ -57,6 +57,8 @@ class ClassificationTask:
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             if "label" in batch:
                 encoded["labels"] = batch["label"]
+            if "weight" in batch:  # per-example loss weights (teacher-label confidence)
+                encoded["weights"] = batch["weight"]
             return encoded
 
         return {
@@ -117,14 +119,17 @@ class ClassificationTask:
         """Logits, (batch, classes)."""
         return model(**batch).logits
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
         labels = batch.pop("labels")
+        weights = batch.pop("weights", None)  # (batch,) when examples are weighted, e.g. by teacher confidence
         logits = model(**batch).logits
         if self.regression:
-            loss = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
+            per_example = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="none")
         else:
-            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        return loss, labels.shape[0]
+            per_example = F.cross_entropy(logits.float(), labels, reduction="none")
+        if weights is None:
+            return per_example.sum(), labels.shape[0]
+        return (per_example * weights).sum(), float(weights.sum())
 
     # ------------------------------------------------------------------------------------------- evaluation
 
