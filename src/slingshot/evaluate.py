@@ -27,17 +27,15 @@ class LoadedRun:
 
 def load_run(path: str, threads: int | None = None) -> LoadedRun:
     """A finished run's recipe, task, model (eval mode) and tokenizer. Raises RunDirError when it is not finished."""
-    from transformers import AutoModelForSequenceClassification
-
     from slingshot.models import load_tokenizer
 
     run = find_run(path)
     torch.set_num_threads(threads or default_threads())
     raw = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {}
     recipe = recipe_from_dict(raw, source=str(run.recipe))
-    task = get_task(recipe.task)
+    task = get_task(recipe.task, recipe.train.method)
     tokenizer = load_tokenizer(run.model)
-    model = AutoModelForSequenceClassification.from_pretrained(str(run.model)).eval()
+    model = task.load(run.model)
     label_names = None if recipe.task == "regression" else [model.config.id2label[i] for i in range(model.config.num_labels)]
     return LoadedRun(run, recipe, task, model, tokenizer, label_names)
 

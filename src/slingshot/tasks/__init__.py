@@ -21,6 +21,7 @@ class Task(Protocol):
     """What the training loop, `evaluate` and `predict` need from a task."""
 
     name: str
+    batch_columns: tuple[str, ...]  # columns of a prepared training row that the collator reads
 
     def prepare(self, splits: dict[str, Dataset], tokenizer, recipe: Recipe) -> dict[str, Dataset]:
         """Tokenize every split; each row gets the model inputs, `labels` when known, and a `length` column."""
@@ -36,6 +37,11 @@ class Task(Protocol):
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Summed loss over the batch and the number of items it sums over (examples or tokens)."""
+        ...
+
+    def fit_head(self, model: torch.nn.Module, encoded: dict[str, Dataset], collate, recipe: Recipe,
+                 device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        """Fit a head that the loss does not train, on the prepared splits, before an evaluation; else nothing."""
         ...
 
     def outputs(self, logits: np.ndarray) -> Any:
@@ -58,10 +64,20 @@ class Task(Protocol):
         """A Hugging Face folder that loads without Slingshot (and the bare adapter, for PEFT models)."""
         ...
 
+    def load(self, path: Path) -> torch.nn.Module:
+        """The saved model, in eval mode, whose forward returns `.logits` (what `evaluate` and `predict` run)."""
+        ...
 
-def get_task(name: str) -> Task:
+
+def get_task(name: str, method: str = "full") -> Task:
+    """The task of a recipe's `task` and `train.method` (method fewshot has its own classification task)."""
     from slingshot.tasks.classification import ClassificationTask
+    from slingshot.tasks.fewshot import FewShotTask
 
+    if method == "fewshot":
+        if name != "classification":
+            raise RecipeError(f"train.method fewshot is for classification, not {name}", "use method full or lora")
+        return FewShotTask()
     tasks: dict[str, Task] = {
         "classification": ClassificationTask(regression=False),
         "regression": ClassificationTask(regression=True),

@@ -40,6 +40,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ClassificationTask:
     """Cross-entropy over label names, or MSE on one output for regression."""
 
+    batch_columns = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
     def __init__(self, regression: bool):
         self.regression = regression
         self.name = "regression" if regression else "classification"
@@ -115,6 +117,9 @@ class ClassificationTask:
             loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         return loss, labels.shape[0]
 
+    def fit_head(self, model, encoded, collate, recipe, device, amp_dtype) -> None:
+        """Nothing to do: the classification head trains with the body, through the loss."""
+
     # ------------------------------------------------------------------------------------------- evaluation
 
     def outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
@@ -177,6 +182,11 @@ class ClassificationTask:
         else:
             model.save_pretrained(str(path), safe_serialization=True)
         tokenizer.save_pretrained(str(path))
+
+    def load(self, path: Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
 
 
 def _model_max_length(tokenizer) -> int:
