@@ -63,18 +63,10 @@ def parse_sizes(values: list[int | str], per_class_up_to: int) -> list[Size]:
     return sizes
 
 
-def sort_and_check_sizes(sizes: list[Size], class_counts: list[int]) -> list[Size]:
-    """Sizes in growing order of examples; raises RecipeError when a total is too small to contain the per-class
-    size before it (nested samples are then impossible: 256 in all cannot hold 64 of each of 10 classes)."""
-    ordered = sorted(sizes, key=lambda size: (size.expected_count(class_counts), size.total is not None))
-    largest_per_class = 0
-    for size in ordered:
-        if size.per_class is not None:
-            largest_per_class = max(largest_per_class, Size("", per_class=size.per_class).expected_count(class_counts))
-        elif size.expected_count(class_counts) < largest_per_class:
-            raise RecipeError(f"curve size {size.label} (total) is smaller than a per-class size before it "
-                              f"({largest_per_class} examples)", "use larger totals, or fewer examples per class")
-    return ordered
+def sort_sizes(sizes: list[Size], class_counts: list[int]) -> list[Size]:
+    """Sizes in growing order of examples: the order the sweep trains them in, and the order samples nest in
+    (100 in all comes before 64 per class of 3 classes, and is inside it)."""
+    return sorted(sizes, key=lambda size: (size.expected_count(class_counts), size.total is not None))
 
 
 def stratified_order(labels, seed: int, per_class_up_to: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +135,7 @@ def run_curve(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool 
     train_split, eval_split = data.splits["train"], data.splits["eval"]
     labels = train_split["label"] if recipe.task == "classification" else [0] * len(train_split)
     class_counts = np.unique(labels, return_counts=True)[1].tolist()
-    sizes = sort_and_check_sizes(parse_sizes(settings.sizes, settings.per_class_up_to), class_counts)
+    sizes = sort_sizes(parse_sizes(settings.sizes, settings.per_class_up_to), class_counts)
 
     identity = {"recipe": _point_independent(recipe), "train_rows": len(train_split), "eval_rows": len(eval_split)}
     _open_folder(folder, identity, overwrite)
