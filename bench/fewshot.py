@@ -117,7 +117,7 @@ def setfit_system(dataset: str, per_class: int, seeds: list[int], threads: int, 
         model = SetFitModel.from_pretrained(str(model_dir()))
         from setfit import TrainingArguments
 
-        trainer = Trainer(model=model, args=TrainingArguments(seed=seed), train_dataset=train_set)
+        trainer = Trainer(model=model, args=TrainingArguments(seed=seed, report_to="none"), train_dataset=train_set)
         trainer.train()
         wall = time.perf_counter() - start
         predicted = model.predict([t for t, _ in eval_rows], batch_size=64)

@@ -170,12 +170,13 @@ def test_minilm_with_8_examples_per_class_of_sst2_beats_chance_clearly(tmp_path)
     rows = sst2_rows("train")
     rng = random.Random(0)
     sample = [row for label in ("0", "1") for row in rng.sample([r for r in rows if r[1] == label], 8)]
-    dev = random.Random(1).sample(sst2_rows("dev"), 300)
+    dev = random.Random(1).sample(sst2_rows("dev"), 600)
     data = {"train": write_csv(tmp_path / "train.csv", sample), "eval": write_csv(tmp_path / "dev.csv", dev)}
     raw = toy_recipe(tmp_path, model, data, method="fewshot")
     raw["model"]["max_length"] = 128
     raw["data"]["label_names"] = ["negative", "positive"]
     raw["train"] = {"method": "fewshot", "threads": 2, "seed": 0}
     result = train(recipe_from_dict(raw), show_progress=False)
-    # chance is ~50%; 300 examples put the 95% interval at about ±5.7 points
-    assert result.metrics["eval"]["accuracy"] >= 0.62
+    # chance is 50% (dev is 49/51); on 600 examples a coin flip stays under 54% with 95% confidence. Measured with
+    # this seed's sample: 59% on the whole dev set (setfit 1.2.0 defaults on the same sample: 60%).
+    assert result.metrics["eval"]["accuracy"] >= 0.56
