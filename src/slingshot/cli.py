@@ -442,6 +442,96 @@ def _compare(run_path: str, options, data: str | None = None, force: bool = Fals
               f"{comparison.paths['disagreements'].name}", highlight=False)
 
 
+# ------------------------------------------------------------------------------------------------ curve
+
+
+@app.command()
+def curve(
+    recipe: RecipeArg,
+    sizes: Annotated[str | None, typer.Option("--sizes", help="Comma-separated sizes: per class up to "
+                                              "curve.per_class_up_to (64), totals beyond, and 'all'.")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated methods: fewshot, full, lora.")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Seeds per point (0, 1, ...).")] = None,
+    tolerance: Annotated[float | None, typer.Option("--tolerance", help="'Enough' = within this of the reference "
+                                                    "(0.01 = 1 point).")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Reference score: a number, or a comparison.json "
+                                                 "(or its run folder), optionally #system.")] = None,
+    folder: Annotated[Path | None, typer.Option("--out", help="Sweep folder (default: <output.dir>/<name>-curve).")] = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the sweep's finished points and start over.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learning curve: train each method at each data size over several seeds on nested, stratified samples,
+    score on the same eval set; writes curve.json/.md/.png and says how much data is enough. An interrupted
+    sweep resumes where it stopped when run again.
+
+    Examples:
+      slingshot curve examples/sst2/recipe.yaml --sizes 8,16,32,64,256,1000,all --methods fewshot,full --seeds 3
+      slingshot curve examples/sst2/recipe.yaml --sizes 8,64 --methods fewshot --baseline runs/sst2/comparison.json#llm
+    """
+    from slingshot.curve import run_curve
+
+    overrides = list(set_ or [])
+    for name, value in (("sizes", sizes), ("methods", methods)):
+        if value is not None:
+            overrides.append(f"curve.{name}=[{','.join(item.strip() for item in value.split(','))}]")
+    for name, value in (("seeds", seeds), ("tolerance", tolerance)):
+        if value is not None:
+            overrides.append(f"curve.{name}={value}")
+    if baseline is not None:
+        overrides.append(f"curve.baseline='{baseline}'")
+    loaded = _recipe(recipe, overrides)
+    with _CurveProgress(enabled=not as_json) as progress:
+        result = run_curve(loaded, out=folder, overwrite=overwrite, on_event=progress.event)
+    if result.interrupted:
+        err.print(f"interrupted; finished points are kept in {result.folder}/points.jsonl. Continue with the same "
+                  "command.")
+        raise typer.Exit(130)
+    if as_json:
+        out.print_json(json.dumps(result.summary))
+        return
+    from slingshot.curve import render_markdown
+
+    out.print(Markdown(render_markdown(result.summary)))
+    out.print(f"written: {result.folder}/curve.json, curve.md, curve.png, points.jsonl", highlight=False)
+
+
+class _CurveProgress:
+    """A bar over the whole sweep (points done of total, ETA) and one line per finished point."""
+
+    def __init__(self, enabled: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.enabled = enabled
+        self.progress = Progress(TextColumn("[bold]curve"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.description}"), TimeRemainingColumn(), console=err,
+                                 disable=not enabled)
+        self.task_id = None
+
+    def __enter__(self) -> "_CurveProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def event(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "plan":
+            self.task_id = self.progress.add_task("", total=info["total"], completed=info["done"])
+            if info["done"] and self.enabled:
+                err.print(f"resuming: {info['done']} of {info['total']} points already finished", highlight=False)
+        elif kind == "start":
+            size = f"{info['size']}/class" if info["per_class"] else info["size"]
+            self.progress.update(self.task_id, description=f"{info['method']} {size} seed {info['seed']}")
+        elif kind == "done":
+            self.progress.advance(self.task_id)
+            if self.enabled:
+                size = f"{info['size']}/class" if info["per_class"] else info["size"]
+                self.progress.console.print(
+                    f"{info['method']:>7} {size:>9} seed {info['seed']}: {info['metric']:.4f} "
+                    f"({info['examples']} examples, {info['train_time_s']:.0f} s training)", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------------ docs2qa
 
 

@@ -91,8 +91,36 @@ class EarlyStoppingSection(Section):
     )
 
 
+class FewShotSection(Section):
+    """Contrastive few-shot training (method: fewshot): the approach SetFit published (Tunstall et al., 2022)."""
+
+    pair_iterations: int = Field(
+        5, ge=1, description="Rounds of pair generation: each round gives every example one same-label (positive) "
+        "and one other-label (negative) partner, so pairs = 2 x rounds x examples.",
+    )
+    max_pairs: int | None = Field(
+        4000, ge=2, description="Most pairs trained on (a seeded, still balanced subset); keeps large training sets "
+        "affordable. null = no limit.",
+    )
+    lr: float = Field(
+        2e-5, gt=0, description="Learning rate of the body during contrastive training (replaces train.lr, which "
+        "suits a new head, not a pretrained embedding space; 2e-5 is SetFit's default).",
+    )
+    epochs: float = Field(1, gt=0, description="Passes over the pairs (replaces train.epochs for method fewshot).")
+    head: Literal["logistic", "linear"] = Field(
+        "logistic", description="logistic: scikit-learn logistic regression on the embeddings; linear: a linear "
+        "layer trained in PyTorch with cross-entropy on the embeddings.",
+    )
+    head_c: float = Field(1.0, gt=0, description="Inverse regularisation strength of the logistic head (scikit-learn C).")
+    head_epochs: int = Field(200, ge=1, description="Full-batch steps of the linear head (Adam).")
+    head_lr: float = Field(1e-2, gt=0, description="Learning rate of the linear head.")
+
+
 class TrainSection(Section):
-    method: Literal["full", "lora"] = Field("full", description="full: update every weight; lora: PEFT LoRA adapters.")
+    method: Literal["full", "lora", "fewshot"] = Field(
+        "full", description="full: update every weight; lora: PEFT LoRA adapters; fewshot: contrastive sentence "
+        "pairs, then a classifier head on the embeddings (classification, from 2 examples per class).",
+    )
     epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and LayerNorm).")
@@ -128,6 +156,17 @@ class TrainSection(Section):
         None, ge=1, description="Save a resumable checkpoint every N optimizer steps (always at each epoch's end)."
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (method: lora).")
+    fewshot: FewShotSection = Field(default_factory=FewShotSection, description="Few-shot settings (method: fewshot).")
+
+    @property
+    def loop_lr(self) -> float:
+        """The learning rate the loop uses: fewshot.lr for method fewshot, else lr."""
+        return self.fewshot.lr if self.method == "fewshot" else self.lr
+
+    @property
+    def loop_epochs(self) -> float:
+        """The passes the loop makes: over the pairs (fewshot.epochs) for method fewshot, else epochs."""
+        return self.fewshot.epochs if self.method == "fewshot" else self.epochs
 
 
 class QASection(Section):
@@ -376,6 +415,31 @@ class SelectSection(Section):
     )
 
 
+class CurveSection(Section):
+    """`slingshot curve`: quality against the number of labelled examples, over methods and seeds."""
+
+    sizes: list[int | Literal["all"]] = Field(
+        [8, 16, 32, 64, 256, 1000, "all"],
+        description="Training-set sizes: up to per_class_up_to a size is examples per class, beyond it a total; "
+        "'all' is the whole training set.",
+    )
+    per_class_up_to: int = Field(64, ge=1, description="Sizes up to this are per class; larger ones are totals.")
+    methods: list[Literal["fewshot", "full", "lora"]] = Field(["fewshot", "full"], description="Methods to train.")
+    seeds: int = Field(3, ge=1, description="Seeds (0, 1, ...) per point: each draws its own sample and training run.")
+    total_size_seeds: int | None = Field(
+        None, ge=1, description="Seeds for sizes given as totals (the expensive ones); null = seeds.",
+    )
+    tolerance: float = Field(
+        0.01, ge=0, description="'Enough data' is the smallest size whose mean comes within this of the reference "
+        "(as a fraction: 0.01 = 1 point of accuracy).",
+    )
+    baseline: str | None = Field(
+        None, description="Reference instead of the best point: a number (0.93), or a comparison.json (or the run "
+        "folder holding it) from `slingshot compare`, optionally #name to pick a system (default: its best baseline).",
+    )
+    keep_models: bool = Field(False, description="Keep every point's model folder (about 90 MB each for MiniLM).")
+
+
 class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
@@ -405,6 +469,7 @@ class Recipe(Section):
     select: SelectSection = Field(
         default_factory=SelectSection, description="Active learning: texts to label next (slingshot select)."
     )
+    curve: CurveSection = Field(default_factory=CurveSection, description="Learning curve (`slingshot curve`).")
 
     # The folder relative data paths are read from; not part of the YAML.
     base_dir: Path = Field(default=Path("."), exclude=True, description="Folder the recipe was read from.")
@@ -418,6 +483,10 @@ class Recipe(Section):
                                           or self.data.weight_by_confidence):
             problems.append("teacher labels (label.input, data.min_confidence, data.weight_by_confidence) are for "
                             "classification; remove them for task: regression")
+        if self.train.method == "fewshot" and self.task != "classification":
+            problems.append("train.method fewshot is for classification; use full or lora for regression")
+        if self.train.method == "fewshot" and self.data.text_pair_column:
+            problems.append("train.method fewshot embeds single texts; data.text_pair_column needs full or lora")
         if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:
             problems.append(f"train.metric '{self.train.metric}' is not computed for task {self.task}; "
                             f"use one of: auto, {', '.join(METRICS[self.task])}")

@@ -203,20 +203,19 @@ def train(
         shuffle=True, seed=recipe.train.seed,
     )
     collate = task.collator(tokenizer)
-    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
-                     if c in train_split.column_names]
+    model_columns = [c for c in task.batch_columns if c in train_split.column_names]
     # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run's dropout
     # masks would drift from an uninterrupted one.
     loader = DataLoader(train_split.select_columns(model_columns), batch_sampler=sampler, collate_fn=collate,
                         generator=torch.Generator().manual_seed(recipe.train.seed))
 
     # fused: one kernel per step and no full-size temporaries (foreach AdamW briefly holds extra copies)
-    optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay), lr=recipe.train.lr,
+    optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay), lr=recipe.train.loop_lr,
                                   fused=device.type in {"cpu", "cuda"})
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accum = recipe.train.grad_accum
     steps_per_epoch = math.ceil(len(loader) / accum)
-    total_steps = max(1, math.ceil(steps_per_epoch * recipe.train.epochs))
+    total_steps = max(1, math.ceil(steps_per_epoch * recipe.train.loop_epochs))
     schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[recipe.train.schedule]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(recipe.train.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -233,6 +232,9 @@ def train(
     eval_split = encoded["eval"]
 
     def evaluate_now() -> dict[str, Any]:
+        # A head the loss does not train (few-shot: a classifier on the embeddings) is fitted to the body as it
+        # is now, so each evaluation, and the best checkpoint, scores the model that would be saved.
+        task.fit_head(accelerator.unwrap_model(model), encoded, collate, recipe, device, amp_dtype)
         return evaluate_split(task, accelerator.unwrap_model(model), eval_split, collate, data.label_names,
                               device, amp_dtype)["metrics"]
 
@@ -433,7 +435,7 @@ def train(
         "threads": torch.get_num_threads(),
         "precision": "bf16" if amp_dtype is not None else "fp32",
         "parameters": parameters,
-        "train_examples": len(train_split),
+        "train_examples": len(data.splits["train"]),  # examples, not pairs, for method fewshot
         "eval_examples": len(eval_split),
         "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count and not s.reasons},
         "skipped_examples": {split: s.reasons for split, s in data.skipped.items() if s.reasons},

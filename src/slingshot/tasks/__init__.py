@@ -22,6 +22,7 @@ class Task(Protocol):
 
     name: str
     text_answers: bool  # predictions are text, so answer-similarity evaluation applies
+    batch_columns: tuple[str, ...]  # columns of a prepared training row that the collator reads
 
     def prepare(self, splits: dict[str, Dataset], tokenizer, recipe: Recipe) -> dict[str, Dataset]:
         """Tokenize every split; each row gets the model inputs, `labels` when known, and a `length` column."""
@@ -48,6 +49,11 @@ class Task(Protocol):
         their weights when the batch carries per-example `weights`."""
         ...
 
+    def fit_head(self, model: torch.nn.Module, encoded: dict[str, Dataset], collate, recipe: Recipe,
+                 device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        """Fit a head that the loss does not train, on the prepared splits, before an evaluation; else nothing."""
+        ...
+
     def outputs(self, logits: np.ndarray | list[np.ndarray], encoded: Dataset) -> Any:
         """Turn the logits of one prepared split (rows in order, from `forward_logits`) into predictions."""
         ...
@@ -69,12 +75,19 @@ class Task(Protocol):
         ...
 
 
-def get_task(name: str, recipe: Recipe | None = None) -> Task:
-    """The task called `name`, with the recipe's settings for it (defaults without a recipe)."""
+def get_task(name: str, recipe: Recipe | None = None, method: str | None = None) -> Task:
+    """The task of a recipe's `task` and `train.method` (fewshot has its own classification task), with the
+    recipe's settings for it (defaults without a recipe)."""
     from slingshot.recipe import QASection
     from slingshot.tasks.classification import ClassificationTask
     from slingshot.tasks.extractive_qa import ExtractiveQATask
+    from slingshot.tasks.fewshot import FewShotTask
 
+    method = method or (recipe.train.method if recipe is not None else "full")
+    if method == "fewshot":
+        if name != "classification":
+            raise RecipeError(f"train.method fewshot is for classification, not {name}", "use method full or lora")
+        return FewShotTask()
     tasks: dict[str, Task] = {
         "classification": ClassificationTask(regression=False),
         "regression": ClassificationTask(regression=True),

@@ -41,6 +41,7 @@ class ClassificationTask:
     """Cross-entropy over label names, or MSE on one output for regression."""
 
     text_answers = False  # predictions are labels or numbers, not text
+    batch_columns = ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
 
     def __init__(self, regression: bool):
         self.regression = regression
@@ -130,6 +131,9 @@ class ClassificationTask:
         if weights is None:
             return per_example.sum(), labels.shape[0]
         return (per_example * weights).sum(), float(weights.sum())
+
+    def fit_head(self, model, encoded, collate, recipe, device, amp_dtype) -> None:
+        """Nothing to do: the classification head trains with the body, through the loss."""
 
     # ------------------------------------------------------------------------------------------- evaluation
 

@@ -123,6 +123,7 @@ class ExtractiveQATask:
 
     name = "extractive_qa"
     text_answers = True  # predictions are strings: answer-similarity evaluation applies
+    batch_columns = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
     def __init__(self, settings: QASection):
         self.settings = settings
@@ -140,6 +141,9 @@ class ExtractiveQATask:
                               f"{self.settings.max_question_tokens}-token question: not more than qa.stride "
                               f"{self.settings.stride}", "raise model.max_length, or lower qa.stride or qa.max_question_tokens")
         return {split: encode_windows(dataset, tokenizer, max_length, self.settings) for split, dataset in splits.items()}
+
+    def fit_head(self, model, encoded, collate, recipe, device, amp_dtype) -> None:
+        """Nothing to fit: the loss trains the span head."""
 
     def collator(self, tokenizer) -> PaddingCollator:
         return PaddingCollator(tokenizer.pad_token_id, torch.long)
