@@ -6,6 +6,7 @@ Every constant says where it comes from: a paper, a datasheet, or a measurement 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from slingshot.plan.catalogue import ModelSpec
@@ -36,6 +37,9 @@ CPU_BF16_KERNEL_CACHE_MB = 150.0
 # runs here. GPU: 35%, a typical model-FLOPs utilisation of single-GPU fine-tuning (assumed, not measured here).
 TRAINING_EFFICIENCY = {"cpu": 0.85, "cuda": 0.35}
 INFERENCE_EFFICIENCY = {"cpu": 0.85, "cuda": 0.35}
+# Fixed cost of one batch whatever the model's size: Python, collation, autocast, kernel launches,
+# scheduler. It is what a tiny model's run is made of. CPU: fitted on tiny BERTs trained here (tests/test_plan.py).
+STEP_OVERHEAD_S = {"cpu": 0.02, "cuda": 0.02}
 # Default LoRA targets per family (as tasks/classification.py): encoders adapt q, k, v; decoders also the output.
 LORA_ADAPTS_OUTPUT_PROJECTION = {"llama", "qwen2", "mistral", "gemma2", "phi3"}
 
@@ -65,6 +69,7 @@ class Workload:
     eval_tokens: int
     evaluations: int  # how many times the eval split is scored
     prediction_tokens: float  # mean tokens of one text at prediction time
+    batches_per_epoch: int  # token-budget batches, as batching.py cuts them
     grad_accum: int = 1
 
 
@@ -94,12 +99,13 @@ class TimeEstimate:
     train_gflops_per_s: float  # the throughput assumed: calibrated matmul rate x efficiency
     matmul_time_s: float
     optimizer_time_s: float
+    step_overhead_s: float
     eval_time_s: float
     prediction_ms: float  # one text, in batches (throughput, not single-request latency)
 
     @property
     def train_time_s(self) -> float:
-        return self.matmul_time_s + self.optimizer_time_s
+        return self.matmul_time_s + self.optimizer_time_s + self.step_overhead_s
 
     def to_dict(self) -> dict:
         data = {k: round(v, 3) for k, v in asdict(self).items()}
@@ -230,7 +236,8 @@ def flops_per_token(spec: ModelSpec, setup: Setup, mean_sequence: float) -> floa
 
 def time_estimate(spec: ModelSpec, setup: Setup, workload: Workload, matmul_gflops: float,
                   memory_bandwidth_gb_s: float | None) -> TimeEstimate:
-    """Training time = FLOPs / (calibrated matmul GFLOP/s at this width x efficiency) + optimizer steps.
+    """Training time = FLOPs / (calibrated matmul GFLOP/s at this width x efficiency) + optimizer steps (memory
+    bound: bytes moved / bandwidth) + a fixed cost per step.
 
     matmul_gflops is the hardware's rate for the run's precision at the model's width (Hardware.gflops_at).
     """
@@ -238,7 +245,8 @@ def time_estimate(spec: ModelSpec, setup: Setup, workload: Workload, matmul_gflo
     train_flops = flops_per_token(spec, setup, workload.mean_sequence) * processed_tokens
     rate = matmul_gflops * 1e9 * TRAINING_EFFICIENCY[setup.device]
     matmul_time = train_flops / rate
-    steps = processed_tokens / setup.tokens_per_batch / workload.grad_accum
+    batches = workload.batches_per_epoch * workload.epochs
+    steps = math.ceil(workload.batches_per_epoch / workload.grad_accum) * workload.epochs
     bandwidth = (memory_bandwidth_gb_s or 10.0) * 1e9
     optimizer_time = steps * trainable_parameters(spec, setup) * ADAMW_BYTES_MOVED_PER_PARAMETER / bandwidth
     forward_per_token = 2 * matmul_parameters(spec) + 4 * spec.layers * spec.query_width * workload.mean_sequence
@@ -247,7 +255,8 @@ def time_estimate(spec: ModelSpec, setup: Setup, workload: Workload, matmul_gflo
     prediction_forward = (2 * matmul_parameters(spec) + 4 * spec.layers * spec.query_width * workload.prediction_tokens)
     prediction_ms = prediction_forward * workload.prediction_tokens / inference_rate * 1000
     return TimeEstimate(train_flops=train_flops, train_gflops_per_s=rate / 1e9, matmul_time_s=matmul_time,
-                        optimizer_time_s=optimizer_time, eval_time_s=eval_time, prediction_ms=prediction_ms)
+                        optimizer_time_s=optimizer_time, step_overhead_s=batches * STEP_OVERHEAD_S[setup.device],
+                        eval_time_s=eval_time, prediction_ms=prediction_ms)
 
 
 # ------------------------------------------------------------------------------------------------ cost

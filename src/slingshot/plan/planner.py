@@ -254,4 +254,5 @@ def workload_of(recipe: Recipe, data: DataProfile) -> Workload:
         evaluations = math.ceil(steps / recipe.train.eval_every) + 1
     return Workload(train_tokens=data.train_tokens, epochs=epochs, padding_fraction=data.padding_fraction,
                     mean_sequence=data.mean_sequence, eval_tokens=data.eval_tokens, evaluations=evaluations,
-                    prediction_tokens=data.mean_tokens, grad_accum=recipe.train.grad_accum)
+                    prediction_tokens=data.mean_tokens, batches_per_epoch=data.batches_per_epoch,
+                    grad_accum=recipe.train.grad_accum)

@@ -11,11 +11,13 @@ from slingshot.plan.planner import Plan
 
 
 def gb(megabytes: float) -> str:
+    if megabytes < 1024:
+        return f"{megabytes:.0f} MB"
     return f"{megabytes / 1024:.2f} GB" if megabytes < 10 * 1024 else f"{megabytes / 1024:.1f} GB"
 
 
 def usd(value: float) -> str:
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    return f"${value:.6f}" if value < 0.01 else f"${value:.4f}" if value < 1 else f"${value:,.2f}"
 
 
 def print_plan(plan: Plan, console: Console, *, brief: bool = False) -> None:
@@ -27,18 +29,27 @@ def print_plan(plan: Plan, console: Console, *, brief: bool = False) -> None:
     console.print(f"data: {data.train_rows:,} training rows, {data.train_tokens:,} tokens per epoch (counted with "
                   f"{data.counted_with}), {plan.workload.epochs:g} epochs, mean {data.mean_tokens:.0f} tokens, "
                   f"longest {data.longest_sequence}, padding {data.padding_fraction:.1%}", highlight=False)
-    table = Table(title="estimates (peak memory, training time and cost)")
-    for column in ("method", "fits", "peak memory", "weights", "grads + optimizer", "activations", "runtime",
-                   "train time", "train cost", "per 1,000 predictions"):
-        table.add_column(column, justify="left" if column in ("method", "fits") else "right")
-    for name, method in plan.methods.items():
+    # one column per method, one row per quantity: readable in 80 columns
+    table = Table(title="estimates")
+    table.add_column("")
+    for name in plan.methods:
+        table.add_column(name + (" (recipe)" if name == plan.chosen else ""), justify="right")
+    rows: dict[str, list[str]] = {key: [] for key in (
+        "fits", "peak memory", "  weights (+16-bit copies)", "  gradients + AdamW", "  activations",
+        "  runtime, libraries, slack", "training time (+ eval)", "training cost", "per 1,000 predictions")}
+    for method in plan.methods.values():
         memory, timing = method.memory, method.time
-        label = name + (" (recipe)" if name == plan.chosen else "")
-        fits = "n/a" if not method.available else ("yes" if method.fits else "[red]NO[/red]")
-        table.add_row(label, fits, gb(memory.total_mb), gb(memory.weights_mb + memory.low_precision_copies_mb),
-                      gb(memory.gradients_mb + memory.optimizer_mb), gb(memory.activations_mb), gb(memory.runtime_mb),
-                      format_duration(timing.train_time_s + timing.eval_time_s), usd(method.train_cost_usd),
-                      usd(method.cost_per_1000_predictions_usd))
+        rows["fits"].append("n/a" if not method.available else ("yes" if method.fits else "[red]NO[/red]"))
+        rows["peak memory"].append(gb(memory.total_mb))
+        rows["  weights (+16-bit copies)"].append(gb(memory.weights_mb + memory.low_precision_copies_mb))
+        rows["  gradients + AdamW"].append(gb(memory.gradients_mb + memory.optimizer_mb))
+        rows["  activations"].append(gb(memory.activations_mb))
+        rows["  runtime, libraries, slack"].append(gb(memory.runtime_mb))
+        rows["training time (+ eval)"].append(format_duration(timing.train_time_s + timing.eval_time_s))
+        rows["training cost"].append(usd(method.train_cost_usd))
+        rows["per 1,000 predictions"].append(usd(method.cost_per_1000_predictions_usd))
+    for label, values in rows.items():
+        table.add_row(label, *values)
     console.print(table)
     chosen = plan.chosen_plan
     console.print(f"limit: {gb(plan.memory_limit_mb)} ({'GPU memory' if hardware.device == 'cuda' else 'RAM'} x "
