@@ -193,11 +193,11 @@ def test_gflops_interpolate_between_calibrated_widths():
 
 
 def test_calibration_is_measured_once_then_read_from_the_cache(tmp_path):
-    first = load_or_run_calibration("cpu", fast_bf16=False, cores=1)
+    first = load_or_run_calibration("cpu", fast_bf16=False, threads=1)
     assert all(value > 0 for value in first["matmul_gflops"]["fp32"].values()) and first["memory_bandwidth_gb_s"] > 0
     cache = tmp_path / "slingshot-home" / "calibration.json"  # SLINGSHOT_HOME of this test (conftest)
     assert cache.is_file()
-    again = load_or_run_calibration("cpu", fast_bf16=False, cores=1)
+    again = load_or_run_calibration("cpu", fast_bf16=False, threads=1)
     assert again["when"] == first["when"] and again["matmul_gflops"] == first["matmul_gflops"]
 
 
@@ -292,7 +292,7 @@ from slingshot.plan.hardware import load_or_run_calibration
 from slingshot.recipe import recipe_from_dict
 from slingshot.train import train
 raw = json.loads(sys.argv[1])
-load_or_run_calibration("cpu", False, 1, refresh=True)  # this moment's speed, as the plan will read it
+load_or_run_calibration("cpu", False, raw["train"]["threads"], refresh=True)  # this moment's speed
 result = train(recipe_from_dict(raw), show_progress=False)
 print(json.dumps(result.summary))
 """
@@ -320,7 +320,8 @@ def test_estimates_match_tiny_runs_of_several_sizes(tmp_path, tiny_bert, toy_dat
     memory_error = estimate.memory.total_mb / measured["peak_rss_mb"] - 1
     time_ratio = estimate.time.train_time_s / measured["train_time_s"]
     print(f"{layers}x{hidden}: memory {estimate.memory.total_mb:.0f} vs {measured['peak_rss_mb']:.0f} MB "
-          f"({memory_error:+.0%}), time {estimate.time.train_time_s:.1f} vs {measured['train_time_s']:.1f} s")
+          f"({memory_error:+.0%}), time {estimate.time.train_time_s:.1f} vs {measured['train_time_s']:.1f} s",
+          estimate.time.to_dict(), plan.hardware.matmul_gflops)
     assert abs(memory_error) <= TINY_MEMORY_TOLERANCE
     assert 1 / TINY_TIME_FACTOR <= time_ratio <= TINY_TIME_FACTOR
 

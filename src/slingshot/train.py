@@ -151,8 +151,10 @@ def train(
     encoded = task.prepare(data.splits, tokenizer, recipe)
     model = task.build_model(resolved, recipe, data.label_names)
     if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
-        # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA);
+        # later transformers 5 releases renamed it activation checkpointing and warn on the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     parameters = count_parameters(model)
     run = open_run(recipe.output.dir, recipe.name or "run", overwrite=overwrite, resume=resume)
     if resume:

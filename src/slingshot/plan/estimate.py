@@ -27,16 +27,23 @@ CPU_RUNTIME_MB = 550.0
 # A GPU run holds the CUDA context and cuBLAS workspace beside the tensors: ~0.5-1 GB depending on the GPU and
 # driver (PyTorch CUDA semantics notes). Not measured here (no GPU): the upper end is used.
 CUDA_RUNTIME_MB = 1024.0
-# CPU allocations of varying shapes (token-budget batches) fragment the heap and oneDNN caches a kernel per
-# shape (capped at 64 by train.py): RSS grows past the live tensors by about the activations once more, plus the
-# bf16 kernel scratchpads. Fitted on all-MiniLM-L6-v2 SST-2 runs on this machine (bench/plan_accuracy.py).
-CPU_ALLOCATOR_SLACK_PER_ACTIVATION = 1.0
-CPU_BF16_KERNEL_CACHE_MB = 150.0
-# Share of the calibrated matmul throughput (at the model's width) a whole training step reaches: norms,
-# activations, softmax, dropout, Python and data loading run between the matmuls. CPU: fitted on all-MiniLM-L6-v2
-# runs here. GPU: 35%, a typical model-FLOPs utilisation of single-GPU fine-tuning (assumed, not measured here).
-TRAINING_EFFICIENCY = {"cpu": 0.85, "cuda": 0.35}
-INFERENCE_EFFICIENCY = {"cpu": 0.85, "cuda": 0.35}
+# Past the live tensors a CPU process's RSS grows with the model: the heap fragments under batches of varying shapes
+# and safetensors serialises a whole copy of the weights when the best model is saved and reloaded. Fitted on
+# all-MiniLM-L6-v2 runs here (3,000 SST-2 rows, one epoch, fp32 peak 1,329 MB and bf16 1,481 MB against 988 and
+# 1,112 MB of tensors and runtime): 1.9 x (weights + activations), plus oneDNN's bf16 kernels and scratchpads
+# (README: ~250 MB more peak RSS with bf16, with the kernel cache capped at 64 by train.py).
+CPU_SLACK_PER_WEIGHT_AND_ACTIVATION_MB = 1.9
+CPU_BF16_KERNEL_CACHE_MB = 250.0
+# Share of the calibrated fp32 matmul throughput (at the model's width) a whole training step reaches: norms,
+# activations, softmax, dropout, Python and data loading run between the matmuls. FINDINGS.md: a lean fp32 step
+# of all-MiniLM-L6-v2 reached 62% of a 2048x2048 matmul's rate in the same process; at the model's own, narrower
+# width matmuls are slower, so the share of that rate is higher: 0.7. GPU: 35% of the datasheet peak, a typical
+# model-FLOPs utilisation of single-GPU fine-tuning (assumed, not measured here).
+TRAINING_EFFICIENCY = {"cpu": 0.7, "cuda": 0.35}
+INFERENCE_EFFICIENCY = {"cpu": 0.7, "cuda": 0.35}
+# bf16 autocast on a CPU with AVX512-BF16/AMX trains 1.42x faster than fp32 (train.py, autocast_dtype: 3,640 vs
+# 2,566 real tokens/s, measured here); the bf16 matmul alone is 2-3x faster, the rest of the step is not.
+CPU_BF16_TRAINING_SPEEDUP = 1.42
 # Fixed cost of one batch whatever the model's size: Python, collation, autocast, kernel launches,
 # scheduler. It is what a tiny model's run is made of. CPU: fitted on tiny BERTs trained here (tests/test_plan.py).
 STEP_OVERHEAD_S = {"cpu": 0.02, "cuda": 0.02}
@@ -196,7 +203,7 @@ def memory_estimate(spec: ModelSpec, setup: Setup, runtime_mb: float | None = No
         copies = linear * BYTES_PER_VALUE[setup.precision] if setup.precision != "fp32" else 0
     activations = activations_mb(spec, setup)
     if runtime_mb is None:
-        runtime_mb = runtime_overhead_mb(setup, activations)
+        runtime_mb = runtime_overhead_mb(setup, weights / MB, activations)
     return MemoryEstimate(
         weights_mb=weights / MB, low_precision_copies_mb=copies / MB, gradients_mb=trainable * 4 / MB,
         optimizer_mb=trainable * 8 / MB,  # AdamW: two fp32 moments per trainable parameter
@@ -204,11 +211,11 @@ def memory_estimate(spec: ModelSpec, setup: Setup, runtime_mb: float | None = No
     )
 
 
-def runtime_overhead_mb(setup: Setup, activations: float) -> float:
+def runtime_overhead_mb(setup: Setup, weights_mb: float, activations: float) -> float:
     """Memory beside the tensors: libraries and data (CPU RSS) or the CUDA context (GPU), see the constants above."""
     if setup.device == "cuda":
         return CUDA_RUNTIME_MB
-    slack = CPU_ALLOCATOR_SLACK_PER_ACTIVATION * activations
+    slack = CPU_SLACK_PER_WEIGHT_AND_ACTIVATION_MB * (weights_mb + activations)
     kernels = CPU_BF16_KERNEL_CACHE_MB if setup.precision == "bf16" else 0.0
     return CPU_RUNTIME_MB + slack + kernels
 
@@ -239,7 +246,7 @@ def time_estimate(spec: ModelSpec, setup: Setup, workload: Workload, matmul_gflo
     """Training time = FLOPs / (calibrated matmul GFLOP/s at this width x efficiency) + optimizer steps (memory
     bound: bytes moved / bandwidth) + a fixed cost per step.
 
-    matmul_gflops is the hardware's rate for the run's precision at the model's width (Hardware.gflops_at).
+    matmul_gflops is the hardware's rate for the run at the model's width (planner.matmul_rate_gflops).
     """
     processed_tokens = workload.train_tokens * workload.epochs / max(1e-9, 1 - workload.padding_fraction)
     train_flops = flops_per_token(spec, setup, workload.mean_sequence) * processed_tokens

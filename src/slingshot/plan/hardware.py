@@ -119,10 +119,11 @@ PROFILES: dict[str, Hardware] = {
 }
 
 
-def get_hardware(name: str | None = "auto", calibrate: bool = True) -> Hardware:
-    """`auto` (or None): this machine, detected and calibrated; otherwise a named profile. Raises RecipeError."""
+def get_hardware(name: str | None = "auto", calibrate: bool = True, threads: int | None = None) -> Hardware:
+    """`auto` (or None): this machine, detected and calibrated with `threads` (default: physical cores, as
+    train.py); otherwise a named profile. Raises RecipeError for an unknown name."""
     if name in (None, "auto", "local", "this"):
-        return detect_hardware(calibrate=calibrate)
+        return detect_hardware(calibrate=calibrate, threads=threads)
     key = name.lower()
     if key not in PROFILES:
         import difflib
@@ -133,8 +134,9 @@ def get_hardware(name: str | None = "auto", calibrate: bool = True) -> Hardware:
     return PROFILES[key]
 
 
-def detect_hardware(calibrate: bool = True) -> Hardware:
-    """This machine: cores, RAM, the first GPU and its memory, bf16 support, and (cached) calibrated throughput."""
+def detect_hardware(calibrate: bool = True, threads: int | None = None) -> Hardware:
+    """This machine: cores, RAM, the first GPU and its memory, bf16 support, and (cached) calibrated throughput
+    with `threads` CPU threads (default: the physical cores, as train.py uses)."""
     import psutil
     import torch
 
@@ -149,7 +151,7 @@ def detect_hardware(calibrate: bool = True) -> Hardware:
 
         device, accelerator, accelerator_mb, fast_bf16 = "cpu", None, None, cpu_has_fast_bf16()
     name = accelerator or f"this machine ({cores} cores)"
-    calibration = load_or_run_calibration(device, fast_bf16, cores) if calibrate else {}
+    calibration = load_or_run_calibration(device, fast_bf16, threads or cores) if calibrate else {}
     return Hardware(
         name=name, device=device, cores=cores, ram_mb=round(ram_mb, 1), accelerator=accelerator,
         accelerator_memory_mb=round(accelerator_mb, 1) if accelerator_mb else None, fast_bf16=fast_bf16,
@@ -166,7 +168,7 @@ def slingshot_home() -> Path:
     return Path(os.environ.get("SLINGSHOT_HOME", Path.home() / ".slingshot"))
 
 
-def calibration_key(device: str, cores: int) -> str:
+def calibration_key(device: str, threads: int) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -176,13 +178,14 @@ def calibration_key(device: str, cores: int) -> str:
     except (OSError, StopIteration):
         pass
     accelerator = torch.cuda.get_device_name(0) if device == "cuda" else ""
-    return f"v{CALIBRATION_VERSION}|{device}|{accelerator or cpu}|{cores} cores|torch {torch.__version__}"
+    return f"v{CALIBRATION_VERSION}|{device}|{accelerator or cpu}|{threads} threads|torch {torch.__version__}"
 
 
-def load_or_run_calibration(device: str, fast_bf16: bool, cores: int, refresh: bool = False) -> dict:
-    """Calibration figures for this machine from the cache, or measured now (a few seconds) and cached."""
+def load_or_run_calibration(device: str, fast_bf16: bool, threads: int, refresh: bool = False) -> dict:
+    """Calibration figures for this machine and thread count from the cache, or measured now (a few seconds)
+    and cached. refresh=True measures again (the speed of a shared machine changes with its load)."""
     path = slingshot_home() / "calibration.json"
-    key = calibration_key(device, cores)
+    key = calibration_key(device, threads)
     cache: dict = {}
     if path.is_file():
         try:
@@ -193,7 +196,7 @@ def load_or_run_calibration(device: str, fast_bf16: bool, cores: int, refresh: b
         entry = cache[key]
         entry["matmul_gflops"] = {p: {int(k): v for k, v in t.items()} for p, t in entry["matmul_gflops"].items()}
         return entry
-    entry = run_calibration(device, fast_bf16, cores)
+    entry = run_calibration(device, fast_bf16, threads)
     cache[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
