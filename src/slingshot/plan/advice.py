@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slingshot.plan.catalogue import ModelSpec, load_catalogue
-from slingshot.plan.estimate import memory_estimate
+from slingshot.plan.estimate import Setup, memory_estimate
 from slingshot.plan.planner import METHODS, Plan, plan_method, setup_for
 from slingshot.recipe import Recipe
 
@@ -44,21 +44,25 @@ def fixes(plan: Plan, recipe: Recipe) -> list[Fix]:
     chosen = plan.chosen_plan.setup
     limit = plan.memory_limit_mb
     spec = plan.model
-    candidates: list[tuple[str, str, object]] = []
+
+    def what_if(method: str, **changes) -> Setup:
+        return setup_for(recipe, spec, plan.hardware, plan.data, method, **changes)
+
+    candidates: list[tuple[str, str, Setup]] = []
     if not chosen.gradient_checkpointing:
         candidates.append(("train.gradient_checkpointing=true", "recompute activations in backward (~1/3 slower)",
-                           setup_for(recipe, plan.hardware, plan.data, chosen.method, gradient_checkpointing=True)))
+                           what_if(chosen.method, gradient_checkpointing=True)))
     if chosen.method == "full":
-        candidates.append(("train.method=lora", "train low-rank adapters; the base weights get no gradients or "
-                           "optimizer state", setup_for(recipe, plan.hardware, plan.data, "lora")))
+        candidates.append(("train.method=lora", "train low-rank adapters; the frozen base gets no gradients",
+                           what_if("lora")))
         candidates.append(("train.method=lora train.gradient_checkpointing=true", "LoRA and recomputed activations",
-                           setup_for(recipe, plan.hardware, plan.data, "lora", gradient_checkpointing=True)))
+                           what_if("lora", gradient_checkpointing=True)))
     if chosen.method != "qlora" and plan.hardware.device == "cuda":
         candidates.append(("train.method=qlora", "LoRA on 4-bit base weights (about 0.5 bytes per parameter)",
-                           setup_for(recipe, plan.hardware, plan.data, "qlora")))
+                           what_if("qlora")))
     found = []
     for change, reason, setup in candidates:
-        total = memory_estimate(spec, setup).total_mb  # type: ignore[arg-type]
+        total = memory_estimate(spec, setup).total_mb
         found.append(Fix(change, reason, round(total, 1), total <= limit))
     batch_fix = _smaller_batch(plan, recipe)
     if batch_fix is not None:
@@ -74,7 +78,7 @@ def _smaller_batch(plan: Plan, recipe: Recipe) -> Fix | None:
     """The largest halving of train.tokens_per_batch that fits (activations shrink with it; weights do not)."""
     tokens = recipe.train.tokens_per_batch // 2
     while tokens >= SMALLEST_TOKENS_PER_BATCH:
-        setup = setup_for(recipe, plan.hardware, plan.data, plan.chosen, tokens_per_batch=tokens,
+        setup = setup_for(recipe, plan.model, plan.hardware, plan.data, plan.chosen, tokens_per_batch=tokens,
                           longest_sequence=min(plan.data.longest_sequence, tokens))
         total = memory_estimate(plan.model, setup).total_mb
         if total <= plan.memory_limit_mb:
@@ -91,7 +95,7 @@ def _smaller_model(plan: Plan, recipe: Recipe) -> Fix | None:
     for spec in load_catalogue():
         if spec.kind != plan.model.kind or spec.parameters >= plan.model.parameters or plan.task not in spec.tasks:
             continue
-        setup = setup_for(recipe, plan.hardware, plan.data, plan.chosen)
+        setup = setup_for(recipe, spec, plan.hardware, plan.data, plan.chosen)
         total = memory_estimate(spec, setup).total_mb
         if total <= plan.memory_limit_mb and (best is None or spec.parameters > best[0].parameters):
             best = (spec, total)
@@ -113,7 +117,7 @@ def shortlist(recipe: Recipe, plan: Plan) -> list[Suggestion]:
         if plan.task not in spec.tasks or spec.kind not in kinds:
             continue
         for method in METHODS:
-            setup = setup_for(recipe, plan.hardware, plan.data, method)
+            setup = setup_for(recipe, spec, plan.hardware, plan.data, method)
             method_plan = plan_method(spec, setup, plan.workload, plan.hardware, plan.price_per_hour_usd,
                                       plan.memory_limit_mb)
             seconds = method_plan.time.train_time_s + method_plan.time.eval_time_s
@@ -135,7 +139,7 @@ def shortlist(recipe: Recipe, plan: Plan) -> list[Suggestion]:
 def _reason(spec: ModelSpec, method_plan, seconds: float, plan: Plan) -> str:
     parts = [f"{spec.kind}, {_millions(spec.parameters)}",
              f"{method_plan.method} fits ({method_plan.memory.total_mb / 1024:.1f} of {plan.memory_limit_mb / 1024:.1f} GB)",
-             f"~{format_duration(seconds)}, ${method_plan.train_cost_usd:.2f}"]
+             f"~{format_duration(seconds)}, ${method_plan.train_cost_usd:.4f}"]
     published = next((b for b in spec.benchmarks if b["benchmark"] in ("SST-2", "MNLI", "MNLI-m", "MMLU")), None)
     if published:
         parts.append(f"{published['benchmark']} {published['value']} ({published['setting']}, card)")

@@ -19,6 +19,7 @@ import yaml
 from slingshot.errors import ModelError
 
 KINDS = ("encoder", "decoder", "seq2seq")
+CONFIG_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ModelSpec:
     head_dim: int | None = None  # None = hidden / heads
     gated_mlp: bool = False  # SwiGLU/GeGLU: three MLP matrices instead of two
     tied_embeddings: bool = True
+    weights_dtype: str = "fp32"  # the checkpoint's dtype, which transformers 5 loads (and train.py trains) in
     license: str | None = None
     languages: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
@@ -141,7 +143,7 @@ def _local_config(name: str, revision: str | None) -> Path | None:
     hub_id = SHORT_NAMES.get(name.lower(), name)
     try:
         cached = try_to_load_from_cache(hub_id, "config.json", revision=revision)
-    except Exception:  # an id the cache cannot even parse: not cached
+    except ValueError:  # an id the hub's validation rejects (HFValidationError): not cached
         cached = None
     if isinstance(cached, str) and Path(cached).is_file():
         return Path(cached)
@@ -197,6 +199,7 @@ def spec_from_config(config_path: Path, name: str) -> ModelSpec:
         gated_mlp=config.model_type in {"llama", "qwen2", "mistral", "gemma2", "phi3", "modernbert"}
         or activation.startswith("gated"),
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+        weights_dtype=CONFIG_DTYPES.get(str(raw.get("torch_dtype") or raw.get("dtype") or "float32"), "fp32"),
         source=str(config_path),
     )
 

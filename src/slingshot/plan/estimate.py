@@ -193,20 +193,25 @@ def memory_estimate(spec: ModelSpec, setup: Setup, runtime_mb: float | None = No
     parameters = task_parameters(spec, setup.labels)
     linear = spec.layers * spec.linear_parameters_per_layer()
     trainable = trainable_parameters(spec, setup)
+    # transformers 5 loads a checkpoint in its own dtype and AdamW keeps its moments in the parameters' dtype;
+    # PEFT keeps LoRA adapters in fp32 whatever the base
+    stored = BYTES_PER_VALUE[spec.weights_dtype]
+    state_bytes = stored if setup.method == "full" else 4
     if setup.method == "qlora":
         # 4-bit matmul weights; embeddings, norms and head in the 16-bit compute type
         weights = linear * QLORA_BYTES_PER_PARAMETER + (parameters - linear) * 2
         # matmul weights are dequantized one layer at a time
         copies = spec.linear_parameters_per_layer() * 2
     else:
-        weights = parameters * 4  # train.py keeps fp32 master weights and autocasts the matmuls
-        copies = linear * BYTES_PER_VALUE[setup.precision] if setup.precision != "fp32" else 0
+        weights = parameters * stored
+        # autocast keeps a 16-bit copy of each fp32 matmul weight for the backward pass
+        copies = linear * BYTES_PER_VALUE[setup.precision] if setup.precision != "fp32" and stored == 4 else 0
     activations = activations_mb(spec, setup)
     if runtime_mb is None:
         runtime_mb = runtime_overhead_mb(setup, weights / MB, activations)
     return MemoryEstimate(
-        weights_mb=weights / MB, low_precision_copies_mb=copies / MB, gradients_mb=trainable * 4 / MB,
-        optimizer_mb=trainable * 8 / MB,  # AdamW: two fp32 moments per trainable parameter
+        weights_mb=weights / MB, low_precision_copies_mb=copies / MB, gradients_mb=trainable * state_bytes / MB,
+        optimizer_mb=trainable * 2 * state_bytes / MB,  # AdamW: two moments per trainable parameter
         activations_mb=activations, runtime_mb=runtime_mb, trainable_parameters=trainable,
     )
 

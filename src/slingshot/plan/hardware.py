@@ -8,7 +8,9 @@ calibration times a few matmuls at the widths models use, so time estimates rest
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import platform
 import time
@@ -49,15 +51,13 @@ class Hardware:
 
     def gflops_at(self, width: int, precision: str) -> float:
         """Matmul GFLOP/s at a model width, interpolated (log-linear) between calibrated sizes, clamped at the ends."""
-        import math
-
         table = self.matmul_gflops.get(precision) or self.matmul_gflops["fp32"]
         sizes = sorted(table)
         if width <= sizes[0]:
             return table[sizes[0]]
         if width >= sizes[-1]:
             return table[sizes[-1]]
-        for low, high in zip(sizes, sizes[1:]):
+        for low, high in itertools.pairwise(sizes):
             if low <= width <= high:
                 share = (math.log(width) - math.log(low)) / (math.log(high) - math.log(low))
                 return table[low] + share * (table[high] - table[low])

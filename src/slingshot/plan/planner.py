@@ -120,8 +120,8 @@ def make_plan(recipe: Recipe, hardware: Hardware | str | None = None, *, calibra
     workload = workload_of(recipe, data)
     price = price_per_hour_usd(recipe, hardware)
     limit = hardware.memory_limit_mb * recipe.plan.usable_memory_fraction
-    methods = {method: plan_method(spec, setup_for(recipe, hardware, data, method), workload, hardware, price, limit)
-               for method in METHODS}
+    methods = {method: plan_method(spec, setup_for(recipe, spec, hardware, data, method), workload, hardware, price,
+                                   limit) for method in METHODS}
     plan = Plan(recipe.name or "run", recipe.task, spec, hardware, price, data, workload, recipe.train.method,
                 methods, limit)
     if not plan.fits:
@@ -145,23 +145,28 @@ def plan_method(spec: ModelSpec, setup: Setup, workload: Workload, hardware: Har
     )
 
 
-def setup_for(recipe: Recipe, hardware: Hardware, data: DataProfile, method: str, **changes: Any) -> Setup:
-    """The recipe's training choices on this hardware; `changes` overrides fields (what-if for the advice)."""
-    values = dict(
-        method=method, precision=training_precision(recipe.train.precision, hardware, method),
-        device=hardware.device, tokens_per_batch=recipe.train.tokens_per_batch,
-        longest_sequence=min(data.longest_sequence, recipe.train.tokens_per_batch),
-        gradient_checkpointing=recipe.train.gradient_checkpointing or method == "qlora",
-        lora_rank=recipe.train.lora.r, labels=data.labels,
-    )
+def setup_for(recipe: Recipe, spec: ModelSpec, hardware: Hardware, data: DataProfile, method: str,
+              **changes: Any) -> Setup:
+    """The recipe's training choices for this model on this hardware; `changes` overrides fields (what-if)."""
+    values: dict[str, Any] = {
+        "method": method,
+        "precision": training_precision(recipe.train.precision, hardware, method, spec.weights_dtype),
+        "device": hardware.device, "tokens_per_batch": recipe.train.tokens_per_batch,
+        "longest_sequence": min(data.longest_sequence, recipe.train.tokens_per_batch),
+        "gradient_checkpointing": recipe.train.gradient_checkpointing or method == "qlora",
+        "lora_rank": recipe.train.lora.r, "labels": data.labels,
+    }
     values.update(changes)
     return Setup(**values)
 
 
-def training_precision(requested: str, hardware: Hardware, method: str) -> str:
-    """The precision train.py would pick (autocast_dtype): bf16 where fast, else fp32; QLoRA computes in 16 bits."""
+def training_precision(requested: str, hardware: Hardware, method: str, weights_dtype: str = "fp32") -> str:
+    """The precision train.py would compute in: bf16 autocast where fast (autocast_dtype), else fp32; QLoRA in
+    16 bits; a 16-bit checkpoint in its own dtype (transformers 5 loads it so)."""
     if method == "qlora":
         return "bf16" if hardware.fast_bf16 else "fp16"
+    if weights_dtype != "fp32":
+        return weights_dtype
     if requested == "fp32":
         return "fp32"
     if requested == "bf16" or hardware.fast_bf16:

@@ -27,7 +27,7 @@ def print_plan(plan: Plan, console: Console, *, brief: bool = False) -> None:
                   f"parameters) for {plan.task}", highlight=False)
     console.print(f"hardware: {describe_hardware(plan)}", highlight=False)
     console.print(f"data: {data.train_rows:,} training rows, {data.train_tokens:,} tokens per epoch (counted with "
-                  f"{data.counted_with}), {plan.workload.epochs:g} epochs, mean {data.mean_tokens:.0f} tokens, "
+                  f"{data.counted_with}), epochs {plan.workload.epochs:g}, mean {data.mean_tokens:.0f} tokens, "
                   f"longest {data.longest_sequence}, padding {data.padding_fraction:.1%}", highlight=False)
     # one column per method, one row per quantity: readable in 80 columns
     table = Table(title="estimates")
