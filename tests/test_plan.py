@@ -358,3 +358,13 @@ def test_estimates_match_tiny_runs_of_several_sizes(tmp_path, tiny_bert, toy_dat
     assert abs(memory_error) <= TINY_MEMORY_TOLERANCE
     assert 1 / TINY_TIME_FACTOR <= time_ratio <= TINY_TIME_FACTOR
 
+
+
+def test_the_7b_qlora_example_recipe_plans_offline_and_fits_its_24gb_gpu():
+    from slingshot.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "examples/sst2/qwen7b-qlora.yaml")
+    plan = make_plan(recipe)
+    assert plan.hardware.name == "a10g-24gb" and plan.model.parameters > 7e9
+    assert plan.fits and not plan.methods["full"].fits
+    assert plan.chosen_plan.memory.total_mb < plan.methods["lora"].memory.total_mb / 2

@@ -3,7 +3,7 @@
 Detection reads cores and RAM (psutil) and GPUs with their memory (torch.cuda, which asks NVML/the driver). The
 calibration times a few matmuls at the widths models use, so time estimates rest on what this machine does today
 (a shared machine is slower than its datasheet), and caches the result under $SLINGSHOT_HOME (default
-~/.slingshot) so that later plans cost nothing.
+~/.cache/slingshot) so that later plans cost nothing.
 """
 
 from __future__ import annotations
@@ -164,10 +164,6 @@ def detect_hardware(calibrate: bool = True, threads: int | None = None) -> Hardw
 # ------------------------------------------------------------------------------------------------ calibration
 
 
-def slingshot_home() -> Path:
-    return Path(os.environ.get("SLINGSHOT_HOME", Path.home() / ".slingshot"))
-
-
 def calibration_key(device: str, threads: int) -> str:
     import torch
 
@@ -184,6 +180,8 @@ def calibration_key(device: str, threads: int) -> str:
 def load_or_run_calibration(device: str, fast_bf16: bool, threads: int, refresh: bool = False) -> dict:
     """Calibration figures for this machine and thread count from the cache, or measured now (a few seconds)
     and cached. refresh=True measures again (the speed of a shared machine changes with its load)."""
+    from slingshot.llm import slingshot_home
+
     path = slingshot_home() / "calibration.json"
     key = calibration_key(device, threads)
     cache: dict = {}
