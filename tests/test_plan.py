@@ -306,6 +306,12 @@ def test_run_refuses_a_plan_that_does_not_fit_unless_forced(cli, recipe_file):
     assert "eval metrics" in out
 
 
+@pytest.mark.parametrize("command", ["plan", "models"])
+def test_plan_commands_have_help_with_an_example(cli, command):
+    code, out, _ = cli(command, "--help")
+    assert code == 0 and "Example" in out
+
+
 def test_models_command_lists_the_catalogue(cli):
     code, out, _ = cli("models", "--json")
     assert code == 0 and len(json.loads(out)) == len(load_catalogue())

@@ -214,7 +214,7 @@ def plan(recipe: RecipeArg, hardware: HardwareOpt = None, set_: SetOpt = None, a
     """Before you spend: peak memory, training time and cost of the recipe for full, LoRA and QLoRA training on
     this machine (calibrated) or a named one, whether it fits and what would, and a ranked short list of models.
 
-    Reads the model's config.json and the data; loads no weights.
+    Reads the model's config.json and the data; loads no weights. Exits 1 when the recipe's setup will not fit.
 
     Examples: slingshot plan examples/sst2/recipe.yaml
               slingshot plan examples/sst2/recipe.yaml --hardware a10g-24gb --set train.method=qlora

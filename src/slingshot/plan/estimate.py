@@ -21,8 +21,9 @@ QLORA_BYTES_PER_PARAMETER = (4 + 0.127) / 8
 ADAMW_BYTES_MOVED_PER_PARAMETER = 7 * 4
 
 # What the process holds besides the model, measured on this project's machine (2-core Xeon, torch 2.13 CPU,
-# transformers 5.24): Python with torch, transformers, datasets, accelerate and peft imported is 470 MB RSS;
-# tokenizer, Arrow tables and the run's bookkeeping add ~80 MB (bench/plan_accuracy.py, all-MiniLM-L6-v2 runs).
+# transformers 5.24): Python with torch, transformers, datasets, accelerate and peft imported is 470 MB RSS; whole
+# runs of tiny BERTs (a few MB of weights) peaked at 520-610 MB (tests/test_plan.py), so data, tokenizer and the
+# run's bookkeeping add ~80 MB.
 CPU_RUNTIME_MB = 550.0
 # A GPU run holds the CUDA context and cuBLAS workspace beside the tensors: ~0.5-1 GB depending on the GPU and
 # driver (PyTorch CUDA semantics notes). Not measured here (no GPU): the upper end is used.
@@ -30,7 +31,7 @@ CUDA_RUNTIME_MB = 1024.0
 # Past the live tensors a CPU process's RSS grows: safetensors serialises a whole copy of the weights when the best
 # model is saved (and reloaded), and the heap fragments under batches of ever-changing shapes, growing through the
 # run. Fitted on all-MiniLM-L6-v2 runs here (3,000 SST-2 rows, one epoch; peak RSS 1,329 MB in fp32 and 1,481 MB in
-# bf16 against 988 and 1,112 MB of tensors and runtime): one copy of the weights, 2.75 x the activations, and in
+# bf16 against 988 and 963 MB of tensors and runtime): one copy of the weights, 2.75 x the activations, and in
 # bf16 ~300 MB of oneDNN kernels and scratchpads (README: bf16 costs 200-250 MB more, with train.py's cache cap).
 # Longer runs fragment further (full SST-2, 3 epochs: ~400 MB more), which this does not model.
 CPU_SLACK_WEIGHT_COPIES = 1.0
@@ -46,10 +47,12 @@ INFERENCE_EFFICIENCY = {"cpu": 0.7, "cuda": 0.35}
 # bf16 autocast on a CPU with AVX512-BF16/AMX trains 1.42x faster than fp32 (train.py, autocast_dtype: 3,640 vs
 # 2,566 real tokens/s, measured here); the bf16 matmul alone is 2-3x faster, the rest of the step is not.
 CPU_BF16_TRAINING_SPEEDUP = 1.42
-# Fixed cost of one batch whatever the model's size: Python, collation, autocast, kernel launches,
-# scheduler. It is what a tiny model's run is made of. CPU: fitted on tiny BERTs trained here (tests/test_plan.py).
+# Fixed cost of one batch whatever the model's size: Python, collation, autocast, kernel launches, scheduler. It is
+# what a tiny model's run is made of: a 2-layer, 32-wide BERT trained 20 batches in 0.3 s here (15 ms each;
+# tests/test_plan.py). GPU: the same, assumed.
 STEP_OVERHEAD_S = {"cpu": 0.02, "cuda": 0.02}
-# Default LoRA targets per family (as tasks/classification.py): encoders adapt q, k, v; decoders also the output.
+# LoRA targets as tasks/classification.py sets them: q, k, v, and the output projection in Llama-style decoders
+# (families without a default there get PEFT's, which this approximates the same way).
 LORA_ADAPTS_OUTPUT_PROJECTION = {"llama", "qwen2", "mistral", "gemma2", "phi3"}
 
 
