@@ -374,3 +374,13 @@ def test_the_7b_qlora_example_recipe_plans_offline_and_fits_its_24gb_gpu():
     assert plan.hardware.name == "a10g-24gb" and plan.model.parameters > 7e9
     assert plan.fits and not plan.methods["full"].fits
     assert plan.chosen_plan.memory.total_mb < plan.methods["lora"].memory.total_mb / 2
+
+
+@pytest.mark.parametrize("gpu,price", [("NVIDIA H100 80GB HBM3", 11.06), ("NVIDIA A100-SXM4-80GB", 5.07),
+                                       ("Tesla T4", 0.526), ("NVIDIA A10G", 1.006), ("NVIDIA H200", 0.0)])
+def test_a_detected_gpu_is_priced_as_its_profile(gpu, price):
+    from slingshot.plan.planner import price_per_hour_usd
+
+    detected = Hardware("this machine", "cuda", 8, 64_000, accelerator=gpu, accelerator_memory_mb=80_000,
+                        measured=True)
+    assert price_per_hour_usd(recipe_from_dict({}), detected) == price

@@ -194,8 +194,9 @@ def price_per_hour_usd(recipe: Recipe, hardware: Hardware) -> float:
     if recipe.output.price_per_hour_usd > 0:
         return recipe.output.price_per_hour_usd
     if hardware.device == "cuda" and hardware.accelerator:
-        for profile in PROFILES.values():
-            if profile.accelerator and profile.accelerator.split()[-1] in hardware.accelerator:
+        detected = set(hardware.accelerator.upper().replace("-", " ").split())
+        for profile in PROFILES.values():  # e.g. "NVIDIA A100 80GB" matches "NVIDIA A100-SXM4-80GB"
+            if profile.accelerator and set(profile.accelerator.upper().split()[1:]) <= detected:
                 return profile.price_per_hour_usd
         return 0.0
     # on-demand CPU instances scale linearly with cores (AWS m7i: large 0.1008, xlarge 0.2016, 2xlarge 0.4032)
