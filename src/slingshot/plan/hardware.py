@@ -223,7 +223,7 @@ def run_calibration(device: str, fast_bf16: bool, threads: int) -> dict:
             "when": time.strftime("%Y-%m-%d %H:%M"), "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
-def _matmul_gflops(size: int, dtype, device: str, budget_s: float = 0.25) -> float:
+def _matmul_gflops(size: int, dtype, device: str, budget_s: float = 0.5) -> float:
     """Median GFLOP/s of repeated square matmuls. The median, not the best: a training run lasts minutes and meets
     the machine as it usually is, and on a shared machine its best moment is far faster than its usual one."""
     import statistics
