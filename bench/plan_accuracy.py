@@ -51,7 +51,7 @@ def recipe_dict(method: str, train_tsv: str, out_dir: str, model: str = MODEL_NA
 
 
 def plan_and_train(method: str, train_tsv: str, out_dir: str) -> dict:
-    """In a fresh process: calibrate, plan (nothing loaded yet), train, and return both sides."""
+    """In a fresh process: plan (nothing loaded yet), inspect, train, and return both sides."""
     from slingshot.checks import inspect_data
     from slingshot.plan import make_plan
     from slingshot.recipe import recipe_from_dict

@@ -320,10 +320,11 @@ def test_models_command_lists_the_catalogue(cli):
 # ------------------------------------------------------------------------------------------------ against reality
 
 # Tolerances for tiny models (2-4 layers, width 32-256) trained for a few seconds on a shared 2-core machine:
-# their peak memory is mostly the runtime (libraries, data), so it must land within 35%; their time is mostly
-# per-batch overhead and moves 2-3x with other processes' load, so time must land within a factor of 3.
+# their peak memory is mostly the runtime (libraries, data), estimated within 4-12% here, so it must land within
+# 35%. Their time is mostly per-batch overhead, which other processes' load stretches: within 2.3x of the estimate
+# at load average 9, 3.6-4.5x at 14 (2 cores). The factor-5 bound only catches a time model gone wrong, not noise.
 TINY_MEMORY_TOLERANCE = 0.35
-TINY_TIME_FACTOR = 3.0
+TINY_TIME_FACTOR = 5.0
 
 MEASURE = r"""
 import json, sys
@@ -363,8 +364,7 @@ def test_estimates_match_tiny_runs_of_several_sizes(tmp_path, tiny_bert, toy_dat
     memory_error = estimate.memory.total_mb / measured["peak_rss_mb"] - 1
     time_ratio = estimate.time.train_time_s / measured["train_time_s"]
     print(f"{layers}x{hidden}: memory {estimate.memory.total_mb:.0f} vs {measured['peak_rss_mb']:.0f} MB "
-          f"({memory_error:+.0%}), time {estimate.time.train_time_s:.1f} vs {measured['train_time_s']:.1f} s",
-          estimate.time.to_dict(), plan.hardware.matmul_gflops)
+          f"({memory_error:+.0%}), time {estimate.time.train_time_s:.1f} vs {measured['train_time_s']:.1f} s")
     assert abs(memory_error) <= TINY_MEMORY_TOLERANCE
     assert 1 / TINY_TIME_FACTOR <= time_ratio <= TINY_TIME_FACTOR
 
