@@ -142,7 +142,7 @@ def run(
     from slingshot.train import train as run_training
 
     loaded = _recipe(recipe, set_)
-    run_plan = make_plan(loaded, with_shortlist=False)
+    run_plan = make_plan(loaded, "auto", with_shortlist=False)  # the machine it runs on, whatever plan.hardware says
     print_plan(run_plan, out, brief=True)
     if not run_plan.fits and not force:
         fix = next((f for f in run_plan.fixes if f.fits), None)
