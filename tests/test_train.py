@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import toy_recipe, toy_rows, write_csv
 
-from slingshot.errors import RunDirError
+from slingshot.errors import RecipeError, RunDirError
 from slingshot.recipe import recipe_from_dict
 from slingshot.train import train
 
@@ -154,3 +154,20 @@ def test_mmap_threshold_is_set_on_glibc_unless_the_environment_sets_it(monkeypat
     assert set_mmap_threshold(64 * 1024) == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert set_mmap_threshold(64 * 1024) is False
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_learns_like_the_plain_loop(tmp_path, tiny_bert, toy_data, method):
+    plain = run(tmp_path / "plain", tiny_bert, toy_data, method=method, epochs=2)
+    checkpointed = run(tmp_path / "checkpointed", tiny_bert, toy_data, method=method, epochs=2,
+                       gradient_checkpointing=True)
+    # recomputing activations changes no arithmetic: same seed, same batches, same weights
+    assert checkpointed.metrics["eval"]["loss"] == pytest.approx(plain.metrics["eval"]["loss"], rel=1e-4)
+
+
+def test_qlora_without_a_gpu_is_refused_before_the_run_directory_exists(tmp_path, tiny_bert, toy_data):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RecipeError, match="qlora needs a CUDA GPU"):
+        run(tmp_path, tiny_bert, toy_data, method="qlora")
+    assert not (tmp_path / "runs" / "toy").exists()

@@ -37,6 +37,9 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a finis
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="torch, or onnx (after `slingshot export RUN --onnx`).")]
+HardwareOpt = Annotated[str | None, typer.Option(
+    "--hardware", help="Plan for this machine (auto, the default) or a profile: cpu-2core, cpu-8core, t4-16gb, "
+    "l4-24gb, a10g-24gb, a100-40gb, a100-80gb, h100-80gb (sets plan.hardware).", show_default=False)]
 
 
 def _print_version(value: bool) -> None:
@@ -120,12 +123,23 @@ def train(recipe: RecipeArg, set_: SetOpt = None, overwrite: OverwriteOpt = Fals
 
 
 @app.command()
-def run(recipe: RecipeArg, set_: SetOpt = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = False) -> None:
-    """Inspect the data, train, evaluate, and print the results: the main job in one command.
+def run(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Train even when the plan says it will not fit.")] = False,
+) -> None:
+    """Plan, inspect the data, train, evaluate, and print the results: the main job in one command.
+
+    The plan (memory, time, cost) comes first; a run that will not fit is refused before anything is loaded,
+    with the change that would fit, unless --force.
 
     Example: slingshot run examples/sst2/recipe.yaml
     """
     from slingshot.checks import inspect_data
+    from slingshot.plan import make_plan
+    from slingshot.plan.report import print_plan
     from slingshot.train import train as run_training
 
     loaded = _recipe(recipe, set_)
@@ -136,6 +150,16 @@ def run(recipe: RecipeArg, set_: SetOpt = None, overwrite: OverwriteOpt = False,
             err.print(f"training on the teacher labels in {loaded.labelled_path}", highlight=False)
         else:
             _label(loaded)
+    run_plan = make_plan(loaded, "auto", with_shortlist=False)  # the machine it runs on, whatever plan.hardware says
+    print_plan(run_plan, out, brief=True)
+    if not run_plan.fits and not force:
+        fix = next((f for f in run_plan.fixes if f.fits), None)
+        raise SlingshotError(
+            f"the plan says this run will not fit: {run_plan.chosen} training of {run_plan.model.id} needs about "
+            f"{run_plan.chosen_plan.memory.total_mb / 1024:.1f} GB, {run_plan.memory_limit_mb / 1024:.1f} GB usable",
+            (f"--set {fix.change.replace(' ', ' --set ')} ({fix.reason}), " if fix else "")
+            + "or pass --force to train anyway",
+        )
     report = inspect_data(loaded)
     _render_inspect(report)
     if report.errors:
@@ -227,6 +251,47 @@ def _render_similarity(report: dict[str, Any], title: str) -> None:
         out.print(worst)
     if "histogram" in report:
         out.print(f"histogram: {report['histogram']}")
+# ------------------------------------------------------------------------------------------------ plan
+
+
+@app.command()
+def plan(recipe: RecipeArg, hardware: HardwareOpt = None, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Before you spend: peak memory, training time and cost of the recipe for full, LoRA and QLoRA training on
+    this machine (calibrated) or a named one, whether it fits and what would, and a ranked short list of models.
+
+    Reads the model's config.json and the data; loads no weights. Exits 1 when the recipe's setup will not fit.
+
+    Examples: slingshot plan examples/sst2/recipe.yaml
+              slingshot plan examples/sst2/recipe.yaml --hardware a10g-24gb --set train.method=qlora
+    """
+    from slingshot.plan import make_plan
+    from slingshot.plan.report import print_plan
+
+    loaded = _recipe(recipe, (set_ or []) + ([f"plan.hardware={hardware}"] if hardware else []))
+    result = make_plan(loaded)
+    if as_json:
+        out.print_json(json.dumps(result.to_dict(), default=str))
+    else:
+        print_plan(result, out)
+    if not result.fits:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the model catalogue: size, shape, context, license, tasks and published figures, from the model cards.
+
+    Example: slingshot models
+    """
+    from dataclasses import asdict
+
+    from slingshot.plan.catalogue import load_catalogue
+    from slingshot.plan.report import print_catalogue
+
+    if as_json:
+        out.print_json(json.dumps([asdict(spec) for spec in load_catalogue()]))
+    else:
+        print_catalogue(out)
 
 
 # ------------------------------------------------------------------------------------------------ evaluate / predict

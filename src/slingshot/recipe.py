@@ -117,9 +117,10 @@ class FewShotSection(Section):
 
 
 class TrainSection(Section):
-    method: Literal["full", "lora", "fewshot"] = Field(
-        "full", description="full: update every weight; lora: PEFT LoRA adapters; fewshot: contrastive sentence "
-        "pairs, then a classifier head on the embeddings (classification, from 2 examples per class).",
+    method: Literal["full", "lora", "qlora", "fewshot"] = Field(
+        "full", description="full: update every weight; lora: PEFT LoRA adapters; qlora: LoRA on 4-bit base weights "
+        "(CUDA GPU with bitsandbytes only); fewshot: contrastive sentence pairs, then a classifier head on the "
+        "embeddings (classification, from 2 examples per class).",
     )
     epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
@@ -131,6 +132,9 @@ class TrainSection(Section):
     )
     max_batch_size: int = Field(64, ge=1, description="Upper bound on examples per batch, however short they are.")
     grad_accum: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations during backward: far less activation memory for ~1/3 more compute."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null = no clipping.")
     seed: int = Field(42, description="Seed for weights of new heads, shuffling and dropout.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -202,6 +206,27 @@ class OutputSection(Section):
     price_per_hour_usd: float = Field(
         0.0, ge=0, description="Price of this machine per hour, for the cost estimate in summary.json."
     )
+
+
+class PlanSection(Section):
+    """What `slingshot plan` (and the plan `slingshot run` shows first) assumes: hardware, prices, budget."""
+
+    hardware: str = Field(
+        "auto", description="auto: this machine, detected and calibrated; or a profile: cpu-2core, cpu-8core, t4-16gb, "
+        "l4-24gb, a10g-24gb, a100-40gb, a100-80gb, h100-80gb (see `slingshot plan --help`).",
+    )
+    price_per_hour_usd: dict[str, float] = Field(
+        default_factory=dict, description="Price overrides by hardware name (or auto), e.g. {a10g-24gb: 0.75}; default: "
+        "the built-in on-demand table.",
+    )
+    usable_memory_fraction: float = Field(
+        0.9, gt=0, le=1, description="Share of RAM (or GPU memory) a run may use; the rest is left to the system."
+    )
+    budget_usd: float | None = Field(None, ge=0, description="Most a training run may cost, for the model short list.")
+    max_train_time_s: float | None = Field(
+        3600, gt=0, description="Longest training run the short list accepts, in seconds; null = no limit."
+    )
+    shortlist_size: int = Field(5, ge=0, le=30, description="Models in the advice's ranked short list.")
 
 
 class LLMSection(Section):
@@ -456,6 +481,9 @@ class Recipe(Section):
         default_factory=SimilaritySection, description="Answer-similarity evaluation of text answers."
     )
     output: OutputSection = Field(default_factory=OutputSection, description="Where to write and what it costs.")
+    plan: PlanSection = Field(
+        default_factory=PlanSection, description="Hardware, prices and budget for the memory/time/cost plan."
+    )
     compare: CompareSection = Field(
         default_factory=CompareSection, description="Baselines to compare the fine-tuned model with (slingshot compare)."
     )

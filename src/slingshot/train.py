@@ -183,6 +183,11 @@ def train(
     model = task.build_model(resolved, recipe, data.label_names)
     if task.text_answers and recipe.similarity.enabled:
         resolve_model(recipe.similarity.model)  # fail now, not after training, when the embedding model is missing
+    if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
+        # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA);
+        # later transformers 5 releases renamed it activation checkpointing and warn on the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     parameters = count_parameters(model)
     # One process decides about and prepares the run directory; the others wait, then use it.
     if accelerator.is_main_process:
