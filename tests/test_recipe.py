@@ -43,7 +43,7 @@ def test_unknown_keys_name_the_closest_valid_key_in_every_section(tmp_path):
 
 
 def test_invalid_values_are_all_reported_together(tmp_path):
-    path = write(tmp_path, "train:\n  lr: -1\n  method: qlora\nmodel:\n  max_length: 2\n")
+    path = write(tmp_path, "train:\n  lr: -1\n  method: prefix-tuning\nmodel:\n  max_length: 2\n")
     with pytest.raises(RecipeError) as error:
         load_recipe(path)
     for field in ("train.lr", "train.method", "model.max_length"):

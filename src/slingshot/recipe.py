@@ -79,7 +79,10 @@ class EarlyStoppingSection(Section):
 
 
 class TrainSection(Section):
-    method: Literal["full", "lora"] = Field("full", description="full: update every weight; lora: PEFT LoRA adapters.")
+    method: Literal["full", "lora", "qlora"] = Field(
+        "full", description="full: update every weight; lora: PEFT LoRA adapters; qlora: LoRA on 4-bit base weights "
+        "(CUDA GPU with bitsandbytes only).",
+    )
     epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and LayerNorm).")
@@ -90,6 +93,9 @@ class TrainSection(Section):
     )
     max_batch_size: int = Field(64, ge=1, description="Upper bound on examples per batch, however short they are.")
     grad_accum: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations during backward: far less activation memory for ~1/3 more compute."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null = no clipping.")
     seed: int = Field(42, description="Seed for weights of new heads, shuffling and dropout.")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -175,6 +175,11 @@ def train(
     tokenizer = load_tokenizer(resolved.path)
     encoded = task.prepare(data.splits, tokenizer, recipe)
     model = task.build_model(resolved, recipe, data.label_names)
+    if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
+        # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA);
+        # later transformers 5 releases renamed it activation checkpointing and warn on the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     if task.text_answers and recipe.similarity.enabled:
         resolve_model(recipe.similarity.model)  # fail now, not after training, when the embedding model is missing
     parameters = count_parameters(model)

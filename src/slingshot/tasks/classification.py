@@ -91,10 +91,11 @@ class ClassificationTask:
             # Decoder classifiers (GPT-2) find the last real token through pad_token_id; pad = eos as the tokenizer.
             config.pad_token_id = getattr(config, "eos_token_id", None)
         # The new head is reported as missing weights: expected, and noise for our users.
+        quantized = {"quantization_config": qlora_quantization()} if recipe.train.method == "qlora" else {}
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(resolved.path), config=config)
+            model = AutoModelForSequenceClassification.from_pretrained(str(resolved.path), config=config, **quantized)
         except ValueError as exc:
             raise ModelError(
                 f"{resolved.name} cannot be used for sequence classification: {str(exc).splitlines()[0][:200]}",
@@ -102,7 +103,13 @@ class ClassificationTask:
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        if recipe.train.method == "lora":
+        if recipe.train.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            # QLoRA's recipe (Dettmers et al. 2023): norms in fp32, gradient checkpointing always on
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        if recipe.train.method in ("lora", "qlora"):
             model = apply_lora(model, recipe)
         return model
 
@@ -199,6 +206,25 @@ def save_model_folder(model: torch.nn.Module, tokenizer, path: Path, adapter_pat
 def _model_max_length(tokenizer) -> int:
     value = getattr(tokenizer, "model_max_length", None)
     return int(value) if value and value < 1_000_000 else 1_000_000
+
+
+def qlora_quantization():
+    """4-bit NormalFloat weights with double quantization and bf16 compute (the QLoRA paper's setting).
+
+    Raises RecipeError before anything is loaded where it cannot run: bitsandbytes' 4-bit kernels need a CUDA GPU.
+    """
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise RecipeError("train.method: qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); none is available",
+                          "use train.method: lora on this machine, or run on a GPU (`slingshot plan --hardware ...`)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RecipeError("train.method: qlora needs the bitsandbytes package", "pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
 
 
 def apply_lora(model: torch.nn.Module, recipe: Recipe, task_type=None) -> torch.nn.Module:
