@@ -22,6 +22,7 @@ from slingshot.batching import TokenBudgetBatchSampler, padding_fraction
 from slingshot.data import load_data
 from slingshot.errors import RecipeError, RunDirError
 from slingshot.inference import forward_logits
+from slingshot.judge import judge_records
 from slingshot.models import count_parameters, load_tokenizer, resolve_model
 from slingshot.progress import TrainProgress
 from slingshot.recipe import Recipe
@@ -37,7 +38,7 @@ from slingshot.rundir import (
     write_jsonl,
 )
 from slingshot.similarity import score_records
-from slingshot.tasks import get_task
+from slingshot.tasks import GeneratingTask, get_task
 
 
 @dataclass
@@ -196,7 +197,8 @@ def train(
         shuffle=True, seed=recipe.train.seed,
     )
     collate = task.collator(tokenizer)
-    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in train_split.column_names]
+    model_columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels", "position_ids")
+                     if c in train_split.column_names]
     # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run's dropout
     # masks would drift from an uninterrupted one.
     loader = DataLoader(train_split.select_columns(model_columns), batch_sampler=sampler, collate_fn=collate,
@@ -265,10 +267,10 @@ def train(
                     consumed += 1
                     if len(window) < accum and consumed < batches_this_epoch:
                         continue
-                    # Each example counts once, however the window is cut into batches: the summed loss is
-                    # divided by the examples in the whole window, not averaged per batch.
-                    window_items = sum(int(b["labels"].shape[0]) for b in window)
-                    state.examples_seen += window_items
+                    # Each item (example, or answer token) counts once, however the window is cut into batches:
+                    # the summed loss is divided by the items in the whole window, not averaged per batch.
+                    window_items = max(sum(task.loss_items(b) for b in window), 1)
+                    state.examples_seen += sum(int(b["input_ids"].shape[0]) for b in window)
                     loss_total = 0.0
                     for index, micro in enumerate(window):
                         state.real_tokens += int(micro["attention_mask"].sum())
@@ -373,6 +375,8 @@ def train(
         if task.text_answers and recipe.similarity.enabled:
             metrics["eval"]["similarity"] = score_records(records, recipe.similarity, run.path / "similarity_eval.png",
                                                           title=f"{recipe.name} eval")
+        if task.text_answers and recipe.judge.enabled:
+            metrics["eval"]["judge"] = judge_records(records, recipe.judge)
         write_jsonl(run.predictions, records)
         if "test" in encoded:
             final_test = evaluate_split(task, unwrapped, encoded["test"], collate, data.label_names, device, amp_dtype)
@@ -381,6 +385,8 @@ def train(
             if task.text_answers and recipe.similarity.enabled:
                 metrics["test"]["similarity"] = score_records(records, recipe.similarity,
                                                               run.path / "similarity_test.png", title=f"{recipe.name} test")
+            if task.text_answers and recipe.judge.enabled:
+                metrics["test"]["judge"] = judge_records(records, recipe.judge)
             write_jsonl(run.path / "predictions_test.jsonl", records)
         task.save(unwrapped, tokenizer, run.model, adapter_path=run.adapter)
         write_json(run.metrics, metrics)
@@ -451,7 +457,10 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype) -> dict[str, Any]:
     """Metrics (with loss) and outputs of a model on one prepared split."""
     logits = forward_logits(model, encoded, collate, forward=task.forward, device=device, autocast_dtype=amp_dtype)
-    outputs = task.outputs(logits, encoded)
+    if isinstance(task, GeneratingTask):  # answers are decoded token by token; the forward pass gave the loss
+        outputs = task.generate(model, encoded, collate, device, amp_dtype)
+    else:
+        outputs = task.outputs(logits, encoded)
     metrics = task.metrics(outputs, encoded, label_names)
     metrics["loss"] = task.eval_loss(logits, encoded)
     return {"metrics": metrics, "outputs": outputs}

@@ -187,6 +187,9 @@ class ExtractiveQATask:
         end_loss = F.cross_entropy(logits[..., 1], labels[:, 1], reduction="sum")
         return (start_loss + end_loss) / 2, labels.shape[0]
 
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["labels"].shape[0])  # windows
+
     # ------------------------------------------------------------------------------------------- evaluation
 
     def outputs(self, logits: list[np.ndarray], encoded: Dataset) -> dict[str, list]:
