@@ -328,5 +328,9 @@ def test_export_merge_writes_a_plain_model_folder(cli, tmp_path, tiny_llama):
     assert "merged model written to" in out
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    code, out, err = cli("predict", tmp_path / "runs" / "lora", "--prompt", "What is the code name of project apollo?",
+                         "--json")  # the adapter is merged in memory
+    assert code == 0, err
+    assert json.loads(out)["new_tokens"] <= 4
     code, _, err = cli("export", tmp_path / "runs" / "lora")
     assert_one_clear_error(code, err, "say what to export")
