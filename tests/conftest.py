@@ -90,6 +90,51 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return folder
 
 
+PROJECTS = ["apollo", "borealis", "cobalt", "delta", "ember", "falcon", "granite", "harbor", "iris", "juniper",
+            "kestrel", "lumen", "meridian", "nimbus", "onyx", "pioneer", "quartz", "raven", "sierra", "tundra"]
+COLOURS = ["red", "blue", "green", "amber", "violet", "silver", "golden", "white", "black", "orange"]
+ANIMALS = ["otter", "heron", "badger", "lynx", "falcon", "salmon", "beetle", "walrus", "gecko", "marten"]
+
+
+def qa_pairs(count: int = 20, seed: int = 0) -> list[dict[str, str]]:
+    """Questions about made-up projects whose answers (two random words) can only be known by memorising them."""
+    rng = random.Random(seed)
+    return [{"prompt": f"What is the code name of project {name}?",
+             "completion": f"{rng.choice(COLOURS)} {rng.choice(ANIMALS)}"} for name in PROJECTS[:count]]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer Llama-style causal LM (RoPE, RMSNorm, SwiGLU, grouped-query attention) with random weights and a
+    SentencePiece-style BPE trained here on the project questions; no chat template, like a base model."""
+    import torch
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    corpus = [f"User: {p['prompt']} Assistant: {p['completion']}" for p in qa_pairs()]
+    corpus += [" ".join(COLOURS + ANIMALS + PROJECTS), "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,:;?!'-"]
+    bpe = SentencePieceBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"])
+    model = json.loads(bpe.to_str())["model"]
+    # Transformers 5 takes the vocabulary and merges themselves, not file paths
+    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], unk_token="<unk>",
+                               bos_token="<s>", eos_token="</s>", model_max_length=128)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def toy_data(tmp_path) -> dict[str, Path]:
     """train.csv (160 rows) and dev.csv (40 rows) of toy sentiment."""

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 import yaml
-from conftest import minilm_path, toy_recipe, write_csv
+from conftest import minilm_path, qa_pairs, toy_recipe, write_csv
+from conftest import write_jsonl as write_rows
 
 from slingshot.cli import main
 
@@ -46,7 +47,7 @@ def assert_one_clear_error(code, err, *fragments):
         assert fragment in err, (fragment, err)
 
 
-@pytest.mark.parametrize("command", ["run", "train", "inspect", "evaluate", "predict", "fields"])
+@pytest.mark.parametrize("command", ["run", "train", "inspect", "evaluate", "predict", "export", "fields"])
 def test_every_command_has_help_with_an_example(cli, command):
     code, out, _ = cli(command, "--help")
     assert code == 0
@@ -257,3 +258,79 @@ def test_evaluate_predictions_scores_answer_similarity_without_a_run(cli, tmp_pa
     assert_one_clear_error(code, err, "already exists")
     code, out, err = cli("evaluate", "--predictions", answers)
     assert code == 0 and "answer similarity" in out and "acceptable" in out
+
+
+def chat_rows(pairs):
+    """Conversations as docs2qa's chat/train.jsonl writes them."""
+    return [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["completion"]}]}
+            for p in pairs]
+
+
+def test_generation_run_predict_evaluate_and_export_round_trip(cli, tmp_path, tiny_llama, tiny_bert, fake_llm):
+    data = write_rows(tmp_path / "chat.jsonl", chat_rows(qa_pairs()))
+    judge = fake_llm(lambda request, number: "correct" if "golden" in request["messages"][-1]["content"] else "Incorrect.")
+    recipe = {"name": "gen", "task": "generation", "model": {"name": str(tiny_llama), "max_length": 64},
+              "data": {"train": str(data), "eval": str(data)},
+              "train": {"epochs": 100, "lr": 3e-3, "threads": 1, "warmup_ratio": 0.0, "eval_every": 20,
+                        "metric": "exact_match", "early_stopping": {"target": 100}},
+              "generation": {"max_new_tokens": 12},
+              "similarity": {"model": str(tiny_bert)},
+              "judge": {"enabled": True, "llm": {"base_url": judge.url, "model": "judge"}},
+              "output": {"dir": str(tmp_path / "runs")}}
+    path = tmp_path / "gen.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    code, out, err = cli("run", path)
+    assert code == 0, err
+    assert "rouge_l" in out and "answer similarity" in out
+    run_dir = tmp_path / "runs" / "gen"
+    metrics = json.loads((run_dir / "metrics.json").read_text())["eval"]
+    assert metrics["exact_match"] >= 90 and metrics["similarity"]["pairs"] == 20
+    golden = sum("golden" in p["completion"] for p in qa_pairs())
+    assert metrics["judge"]["correct"] == golden and metrics["judge"]["incorrect"] == 20 - golden
+    assert len(judge.requests) == 20
+
+    code, out, err = cli("predict", run_dir, "--prompt", "What is the code name of project apollo?", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["predicted"] == qa_pairs()[0]["completion"] and record["stopped_at_eos"]
+    code, out, err = cli("predict", run_dir, "--prompt", "What is the code name of project apollo?",
+                         "--max-new-tokens", "1", "--json")
+    assert json.loads(out)["predicted"] == qa_pairs()[0]["completion"].split()[0]
+    code, _, err = cli("predict", run_dir, "--prompt", "x", "--top-p", "2")
+    assert_one_clear_error(code, err, "top_p")
+    code, _, err = cli("predict", run_dir, "some text")
+    assert_one_clear_error(code, err, "writes answers to prompts")
+
+    code, out, err = cli("evaluate", run_dir, "--json")
+    assert code == 0, err
+    assert json.loads(out)["exact_match"] >= 90 and len(judge.requests) == 20  # the judge's verdicts came from the cache
+
+    code, _, err = cli("export", run_dir, "--merge")
+    assert_one_clear_error(code, err, "nothing to merge")
+    code, _, err = cli("predict", tmp_path / "runs" / "gen", "--question", "q", "--context", "c")
+    assert_one_clear_error(code, err, "writes answers to prompts")
+
+
+def test_export_merge_writes_a_plain_model_folder(cli, tmp_path, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    data = write_rows(tmp_path / "qa.jsonl", qa_pairs(4))
+    recipe = {"name": "lora", "task": "generation", "model": {"name": str(tiny_llama), "max_length": 64},
+              "data": {"train": str(data), "eval": str(data)},
+              "train": {"method": "lora", "epochs": 2, "threads": 1}, "generation": {"max_new_tokens": 4},
+              "similarity": {"enabled": False}, "output": {"dir": str(tmp_path / "runs")}}
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    code, _, err = cli("train", path)
+    assert code == 0, err
+    code, out, err = cli("export", tmp_path / "runs" / "lora", "--merge", "--out", tmp_path / "merged")
+    assert code == 0, err
+    assert "merged model written to" in out
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    code, out, err = cli("predict", tmp_path / "runs" / "lora", "--prompt", "What is the code name of project apollo?",
+                         "--json")  # the adapter is merged in memory
+    assert code == 0, err
+    assert json.loads(out)["new_tokens"] <= 4
+    code, _, err = cli("export", tmp_path / "runs" / "lora")
+    assert_one_clear_error(code, err, "say what to export")

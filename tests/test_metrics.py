@@ -3,7 +3,17 @@ import math
 import numpy as np
 import pytest
 
-from slingshot.metrics import classification_metrics, exact_match, normalize_answer, qa_metrics, regression_metrics, token_f1
+from slingshot.metrics import (
+    classification_metrics,
+    exact_match,
+    generation_metrics,
+    longest_common_subsequence,
+    normalize_answer,
+    qa_metrics,
+    regression_metrics,
+    rouge_l,
+    token_f1,
+)
 
 
 def test_classification_metrics_match_hand_computed_values():
@@ -79,3 +89,27 @@ def test_qa_metrics_take_the_best_gold_answer_and_report_percent():
     assert m["exact_match"] == pytest.approx(100 / 3)
     assert m["f1"] == pytest.approx((2 / 3 + 1) / 3 * 100)
     assert m["examples"] == 3
+
+
+def test_longest_common_subsequence_by_hand():
+    assert longest_common_subsequence("a b c d e".split(), "a c e".split()) == 3
+    assert longest_common_subsequence("x y".split(), "a b".split()) == 0
+    assert longest_common_subsequence("a b a b".split(), "b a b a".split()) == 3
+
+
+def test_rouge_l_matches_hand_computed_values():
+    # LCS "the cat on the mat" = 5 of 6 predicted and 5 of 6 reference tokens: P = R = F = 5/6
+    assert rouge_l("the cat sat on the mat", "the cat lay on the mat") == pytest.approx(5 / 6)
+    # LCS "police the gunman" = 3 of 4 tokens each way: P = R = F = 3/4 (after Lin, 2004, section 3)
+    assert rouge_l("police killed the gunman", "police kill the gunman") == pytest.approx(3 / 4)
+    # prediction 2 tokens, reference 4, LCS 2: P = 1, R = 1/2, F = 2/3
+    assert rouge_l("red falcon", "a red small falcon") == pytest.approx(2 / 3)
+    assert rouge_l("Red, Falcon!", "red falcon") == 1.0  # case and punctuation do not count
+    assert rouge_l("", "red falcon") == 0.0 and rouge_l("blue", "red") == 0.0
+
+
+def test_generation_metrics_take_the_best_reference_in_percent():
+    metrics = generation_metrics(["red falcon", "blue"], [["red falcon"], ["a blue otter", "blue"]])
+    assert metrics["exact_match"] == 100.0 and metrics["rouge_l"] == 100.0
+    metrics = generation_metrics(["red falcon"], [["a red small falcon"]])
+    assert metrics["rouge_l"] == pytest.approx(200 / 3) and metrics["exact_match"] == 0.0

@@ -73,6 +73,8 @@ def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=Non
         tokenizer = load_tokenizer(resolve_model(recipe.model.name, recipe.model.revision).path)
     if recipe.task == "extractive_qa":
         return inspect_qa_data(recipe, loaded, tokenizer)
+    if recipe.task == "generation":
+        return inspect_chat_data(recipe, loaded, tokenizer)
     names = loaded.label_names
     splits: dict[str, SplitReport] = {}
     problems: list[Problem] = []
@@ -193,4 +195,51 @@ def inspect_qa_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectRep
             if overlap:
                 problems.append(Problem("contexts also in train (leakage)", split, len(overlap),
                                         _short(min(overlap)), "warning"))
+    return InspectReport(recipe.task, recipe.model.name, recipe.model.max_length, splits, problems)
+
+
+def inspect_chat_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectReport:
+    """Conversations per split, their token lengths in the chat template, skipped rows by reason, repeated prompts,
+    and prompts also in train (leakage). `truncated` counts conversations longer than model.max_length."""
+    from slingshot.chat_data import prompt_messages
+    from slingshot.chat_template import choose_template, encode_conversation
+
+    tokenizer.chat_template = choose_template(tokenizer, recipe.generation.template)
+    splits: dict[str, SplitReport] = {}
+    problems: list[Problem] = []
+    prompts_by_split: dict[str, set[str]] = {}
+    for split, dataset in loaded.splits.items():
+        rows = dataset.to_list()
+        report = SplitReport(rows=len(rows), source=loaded.sources[split])
+        lengths = [len(encode_conversation(tokenizer, row["messages"])[0]) for row in rows]
+        report.token_lengths = length_percentiles(lengths)
+        report.truncated = sum(length > recipe.model.max_length for length in lengths)
+        splits[split] = report
+        skipped = loaded.skipped.get(split)
+        for reason, count in (skipped.reasons.items() if skipped else []):
+            problems.append(Problem(f"{reason} (skipped)", split, count, ", ".join(skipped.examples), "warning"))
+        if report.truncated:
+            problems.append(Problem(f"conversations longer than model.max_length={recipe.model.max_length} tokens "
+                                    "(answers cut; those cut before their answer are not trained on)", split,
+                                    report.truncated, f"row {rows[int(np.argmax(lengths))]['row']}, {max(lengths)} "
+                                    "tokens", "warning"))
+        seen: dict[str, dict] = {}
+        repeats = []
+        for row in rows:
+            key = "\x00".join(m["content"] for m in prompt_messages(row["messages"]))
+            if key in seen:
+                repeats.append(row)
+            else:
+                seen[key] = row
+        if repeats:
+            problems.append(Problem("same prompt more than once", split, len(repeats),
+                                    f"row {repeats[0]['row']}: {_short(prompt_messages(repeats[0]['messages'])[-1]['content'])}",
+                                    "warning"))
+        prompts_by_split[split] = set(seen)
+    for split in ("eval", "test"):
+        if split in prompts_by_split and "train" in prompts_by_split:
+            overlap = prompts_by_split["train"] & prompts_by_split[split]
+            if overlap:
+                problems.append(Problem("prompts also in train (leakage)", split, len(overlap),
+                                        _short(min(overlap).replace("\x00", " | ")), "warning"))
     return InspectReport(recipe.task, recipe.model.name, recipe.model.max_length, splits, problems)

@@ -366,31 +366,41 @@ def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
     question: Annotated[str | None, typer.Option("--question", help="Question to answer (extractive_qa runs).")] = None,
     context: Annotated[str | None, typer.Option("--context", help="Text the answer is taken from (with --question).")] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="File of texts (the run's text column), or of "
-                                                     "question/context records for extractive_qa.")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="File of texts (the run's text column), of "
+                                                     "question/context records for extractive_qa, or of chat "
+                                                     "messages / prompts for generation.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Prompt to answer (generation runs; "
+                                                     "repeatable).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Longest answer in tokens (default: "
+                                                       "the recipe's generation.max_new_tokens).")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy; above 0 samples (default: "
+                                                      "the recipe's).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass, with --temperature > 0.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions as JSONL here.")] = None,
     backend: BackendOpt = "torch",
     as_json: JsonOpt = False,
 ) -> None:
-    """Predict the label (with probability) or score of texts, the answer to a question, or those of a file.
+    """Predict the label (with probability) or score of texts, the answer to a question, a generated answer to a
+    prompt, or those of a file.
 
     Examples: slingshot predict runs/sst2 "a gripping, funny film"
               slingshot predict runs/sst2 --input new.csv --output predictions.jsonl
               slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
+              slingshot predict runs/support-qa --prompt "How do I reset my password?" --max-new-tokens 64
     """
-    from slingshot.evaluate import (
-        load_run,
-        predict_answers,
-        predict_file,
-        predict_texts,
-    )
+    from slingshot.evaluate import load_run, predict_answers, predict_file, predict_prompts, predict_texts
 
     if (question is None) != (context is None):
         raise SlingshotError("--question and --context go together", "give both, e.g. --question Q --context TEXT")
-    if not texts and input_file is None and question is None:
-        raise SlingshotError("nothing to predict", "give texts as arguments, --question with --context, or --input FILE")
+    if not texts and input_file is None and question is None and not prompt:
+        raise SlingshotError("nothing to predict", "give texts as arguments, --question with --context, --prompt, "
+                             "or --input FILE")
     _refuse_existing(output)
     loaded = load_run(str(run_dir))
+    if loaded.recipe.task == "generation" or prompt:
+        _predict_generation(loaded, run_dir, texts, question, prompt, input_file, output, as_json,
+                            {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
+        return
     answers = loaded.recipe.task == "extractive_qa"
     if answers and texts:
         raise SlingshotError(f"run {run_dir} answers questions; it does not classify texts",
@@ -436,6 +446,46 @@ def predict(
         prediction = record["predicted"] if isinstance(record["predicted"], str) else f"{record['predicted']:.4f}"
         table.add_row(record["text"][:80], prediction, probability)
     out.print(table)
+
+
+def _predict_generation(loaded, run_dir: Path, texts, question, prompt, input_file, output, as_json, decoding) -> None:
+    from slingshot.evaluate import predict_file, predict_prompts
+
+    if loaded.recipe.task != "generation":
+        raise SlingshotError(f"run {run_dir} is a {loaded.recipe.task} run; --prompt needs a generation run",
+                             "give texts to classify, or --question with --context for extractive_qa")
+    if texts or question is not None:
+        raise SlingshotError(f"run {run_dir} writes answers to prompts", "use --prompt TEXT, or --input FILE")
+    if input_file is not None:
+        records, skipped = predict_file(loaded, str(input_file))
+        if skipped.count:
+            err.print(f"skipped {_reasons(skipped.reasons)} (e.g. {', '.join(skipped.examples)})")
+    else:
+        records = []
+    if prompt:
+        records += predict_prompts(loaded, list(prompt), **decoding)
+    if output is not None or as_json:
+        _write_records(records, output)
+        return
+    table = Table()
+    for column in ("prompt", "answer", "stopped"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(record["prompt"][:60], record["predicted"] or "(empty)",
+                      "eos" if record["stopped_at_eos"] else "max tokens")
+    out.print(table)
+
+
+def _write_records(records: list[dict], output: Path | None) -> None:
+    """JSONL into `output`, or one JSON object a line on stdout."""
+    if output is None:
+        for record in records:
+            out.print(json.dumps(record, ensure_ascii=False), soft_wrap=True)
+        return
+    with output.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    err.print(f"wrote {len(records)} predictions to {output}")
 
 
 def _refuse_existing(path: Path | None, option: str = "--output") -> None:
@@ -659,22 +709,34 @@ def _render_docs2qa(report: dict[str, Any], folder: Path) -> None:
 @app.command()
 def export(
     run_dir: RunArg,
+    merge: Annotated[bool, typer.Option("--merge", help="Fold a LoRA run's adapter into its base model: full "
+                                        "Hugging Face weights that load without PEFT.")] = False,
     onnx: Annotated[bool, typer.Option("--onnx", help="Write <run>/onnx/model.onnx for ONNX Runtime.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also quantise the ONNX weights to int8 (with --onnx).")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="With --merge: folder to write (default: RUN/merged).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a finished run: ONNX (optionally int8), checked against PyTorch on the eval set.
+    """Export a finished run: merged full weights of a LoRA run, or ONNX (optionally int8) checked against
+    PyTorch on the eval set.
 
-    Examples: slingshot export runs/sst2 --onnx
+    Examples: slingshot export runs/support-qa --merge --out models/support-qa
+              slingshot export runs/sst2 --onnx
               slingshot export runs/sst2 --onnx --int8
     """
-    from slingshot.onnx_export import export_onnx
-
     if int8 and not onnx:
         raise SlingshotError("--int8 quantises the ONNX export", "add --onnx")
+    if not (merge or onnx):
+        raise SlingshotError("say what to export", "add --merge (merged weights of a LoRA run) or --onnx [--int8]")
+    if merge:
+        from slingshot.export import export_merged
+
+        target = export_merged(run_dir, out_dir, overwrite=overwrite)
+        out.print(f"merged model written to {target} (from_pretrained loads it without PEFT)", highlight=False)
     if not onnx:
-        raise SlingshotError("nothing to export", "pass --onnx (and --int8 for int8 weights)")
+        return
+    from slingshot.onnx_export import export_onnx
+
     check = export_onnx(str(run_dir), int8=int8, overwrite=overwrite)
     if as_json:
         out.print_json(json.dumps(check))

@@ -380,6 +380,10 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
         from slingshot.qa_data import load_qa_data
 
         return load_qa_data(recipe, splits=splits)
+    if recipe.task == "generation":
+        from slingshot.chat_data import load_chat_data
+
+        return load_chat_data(recipe, splits=splits)
     sources = data_sources(recipe)
     raw: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, Skipped] = {}
@@ -510,6 +514,10 @@ def load_file(path: str, recipe: Recipe, label_names: list[str] | None, *, need_
         from slingshot.qa_data import load_qa_file
 
         return load_qa_file(path, need_answers=need_label)
+    if recipe.task == "generation":
+        from slingshot.chat_data import load_chat_file
+
+        return load_chat_file(path, recipe, need_answer=need_label)
     rows = read_rows(path)
     if need_label is None:
         need_label = recipe.data.label_column in rows.columns

@@ -8,12 +8,15 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from slingshot.data import Skipped, load_file
+from slingshot.errors import RecipeError
 from slingshot.recipe import Recipe, recipe_from_dict
 from slingshot.rundir import RunDir, find_run
+from slingshot.judge import judge_records
 from slingshot.similarity import score_records
-from slingshot.tasks import Task, get_task
+from slingshot.tasks import GeneratingTask, Task, get_task
 from slingshot.train import default_threads, evaluate_split
 
 
@@ -57,6 +60,8 @@ def evaluate_file(loaded: LoadedRun, path: str, histogram: Path | None = None) -
     metrics = result["metrics"]
     if loaded.task.text_answers and loaded.recipe.similarity.enabled:
         metrics["similarity"] = score_records(records, loaded.recipe.similarity, histogram, title=Path(path).name)
+    if loaded.task.text_answers and loaded.recipe.judge.enabled:
+        metrics["judge"] = judge_records(records, loaded.recipe.judge)
     return metrics, records, skipped
 
 
@@ -117,9 +122,35 @@ def predict_file(loaded: LoadedRun, path: str, backend: str = "torch") -> tuple[
             for i in range(len(texts))], skipped
 
 
+def predict_prompts(loaded: LoadedRun, prompts: list[str], **decoding: Any) -> list[dict]:
+    """The generated answer of each prompt (generation runs), in input order, through the run's chat template.
+
+    decoding overrides the recipe's generation settings for this call: max_new_tokens, temperature, top_p.
+    """
+    from slingshot.chat_data import prompts_dataset
+    from slingshot.recipe import GenerationSection
+
+    settings = loaded.recipe.generation
+    chosen = {key: value for key, value in decoding.items() if value is not None}
+    if chosen:
+        try:
+            settings = GenerationSection.model_validate({**settings.model_dump(), **chosen})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise RecipeError(f"invalid decoding option: {problems}", "see `slingshot predict --help`") from None
+    recipe = loaded.recipe.model_copy(update={"generation": settings})
+    task = get_task(recipe.task, recipe)
+    return _predict(LoadedRun(loaded.run, recipe, task, loaded.model, loaded.tokenizer, loaded.label_names),
+                    prompts_dataset(prompts, settings))
+
+
 def _predict(loaded: LoadedRun, dataset) -> list[dict]:
     from slingshot.inference import forward_logits
 
     encoded = loaded.task.prepare({"data": dataset}, loaded.tokenizer, loaded.recipe)["data"]
-    logits = forward_logits(loaded.model, encoded, loaded.task.collator(loaded.tokenizer), forward=loaded.task.forward)
-    return loaded.task.records(dataset, loaded.task.outputs(logits, encoded), loaded.label_names)
+    collate = loaded.task.collator(loaded.tokenizer)
+    if isinstance(loaded.task, GeneratingTask):
+        outputs = loaded.task.generate(loaded.model, encoded, collate, torch.device("cpu"), None)
+    else:
+        outputs = loaded.task.outputs(forward_logits(loaded.model, encoded, collate, forward=loaded.task.forward), encoded)
+    return loaded.task.records(dataset, outputs, loaded.label_names)

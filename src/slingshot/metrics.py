@@ -116,3 +116,45 @@ def qa_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> di
         "f1": 100.0 * sum(f1) / count if count else 0.0,
         "examples": count,
     }
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """Lower-case words of letters and digits, as the `rouge-score` package tokenizes (no stemming)."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def longest_common_subsequence(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest sequence of tokens found in both, in order but not necessarily adjacent."""
+    previous = [0] * (len(b) + 1)
+    for token in a:
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (Lin, 2004): harmonic mean of LCS / prediction length and LCS / reference length, 0 to 1.
+
+    An empty text (after tokenization) scores 0, as in `rouge-score`.
+    """
+    predicted, gold = rouge_tokens(prediction), rouge_tokens(reference)
+    if not predicted or not gold:
+        return 0.0
+    common = longest_common_subsequence(predicted, gold)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generation_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """Exact match and token F1 (SQuAD normalisation) and ROUGE-L, each the best over the references, in percent."""
+    metrics = qa_metrics(predictions, references)
+    scores = [max((rouge_l(p, r) for r in refs), default=0.0) for p, refs in zip(predictions, references)]
+    metrics["rouge_l"] = 100.0 * sum(scores) / len(scores) if scores else 0.0
+    return metrics

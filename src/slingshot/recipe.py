@@ -16,8 +16,9 @@ METRICS = {
     "classification": ("accuracy", "macro_f1", "loss"),
     "regression": ("rmse", "mae", "pearson", "spearman", "loss"),
     "extractive_qa": ("f1", "exact_match", "loss"),
+    "generation": ("rouge_l", "exact_match", "f1", "loss"),
 }
-AUTO_METRIC = {"classification": "accuracy", "regression": "rmse", "extractive_qa": "f1"}
+AUTO_METRIC = {"classification": "accuracy", "regression": "rmse", "extractive_qa": "f1", "generation": "rouge_l"}
 
 
 class Section(BaseModel):
@@ -77,7 +78,8 @@ class LoraSection(Section):
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | None = Field(
-        None, description="Module names to adapt; default by model family (BERT: query/key/value, GPT-2: c_attn)."
+        None, description="Module names to adapt; default by model family (BERT: query/key/value, GPT-2: c_attn; "
+        "generation: every linear layer of the blocks, e.g. q/k/v/o/gate/up/down_proj in Llama)."
     )
 
 
@@ -151,8 +153,8 @@ class TrainSection(Section):
         None, ge=1, description="Evaluate every N optimizer steps; null = at the end of every epoch."
     )
     metric: str = Field(
-        "auto", description="Metric that picks the best model: auto = accuracy (classification), rmse (regression) "
-        "or f1 (extractive_qa)."
+        "auto", description="Metric that picks the best model: auto = accuracy (classification), rmse (regression), "
+        "f1 (extractive_qa) or rouge_l (generation)."
     )
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection, description="Early stopping.")
     log_every: int = Field(20, ge=1, description="Write a training-log line every N optimizer steps.")
@@ -186,9 +188,31 @@ class QASection(Section):
     n_best: int = Field(20, ge=1, description="Start and end candidates per window combined into spans when decoding.")
 
 
+class GenerationSection(Section):
+    """Generative fine-tuning of a causal LM (task: generation): data shape, chat template, packing, decoding."""
+
+    messages_column: str = Field("messages", description="Column of chat messages [{role, content}, ...] (docs2qa's "
+                                 "chat JSONL); rows without it are read as prompt/completion.")
+    prompt_column: str = Field("prompt", description="Column of prompts, when the data is prompt/completion pairs.")
+    completion_column: str = Field("completion", description="Column of answers, when the data is prompt/completion.")
+    system_prompt: str | None = Field(None, description="System message put first in every conversation without one.")
+    template: Literal["auto", "plain", "chatml"] = Field(
+        "auto", description="Chat template: auto = the tokenizer's own, else plain ('User: ... / Assistant: ...'); "
+        "plain or chatml override it. Saved with the model's tokenizer."
+    )
+    packing: bool = Field(
+        False, description="Pack short training conversations into rows of model.max_length tokens; each still "
+        "attends only to itself (positions restart per conversation). Less padding on short data."
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer in tokens (evaluation and predict).")
+    temperature: float = Field(0.0, ge=0, le=5, description="Sampling temperature; 0 = greedy decoding (repeatable).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: sample from the smallest set of tokens "
+                         "whose probability reaches top_p (with temperature > 0).")
+
+
 class SimilaritySection(Section):
     enabled: bool = Field(
-        True, description="Score text answers (extractive_qa) by embedding cosine against the references."
+        True, description="Score text answers (extractive_qa, generation) by embedding cosine against the references."
     )
     model: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2", description="Sentence-embedding model (mean pooling), resolved offline first."
@@ -251,6 +275,13 @@ class LLMSection(Section):
     price_output_per_1m_usd: float | None = Field(
         None, ge=0, description="Price per million completion tokens; default: the built-in table for known models."
     )
+
+
+class JudgeSection(Section):
+    """An LLM grading text answers against the references (optional; answers are cached, so reruns cost nothing)."""
+
+    enabled: bool = Field(False, description="Ask an LLM whether each answer is correct given the reference.")
+    llm: LLMSection = Field(default_factory=LLMSection, description="The judge's OpenAI-compatible endpoint.")
 
 
 class PublishedSection(Section):
@@ -469,17 +500,22 @@ class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
     name: str | None = Field(None, description="Run name; the run directory is <output.dir>/<name>. Default: file stem.")
-    task: Literal["classification", "regression", "extractive_qa"] = Field(
+    task: Literal["classification", "regression", "extractive_qa", "generation"] = Field(
         "classification", description="classification: one label per text; regression: one number per text; "
-        "extractive_qa: the answer span of a question in a context (SQuAD v1.1 JSON or JSONL)."
+        "extractive_qa: the answer span of a question in a context (SQuAD v1.1 JSON or JSONL); generation: a causal "
+        "LM writes the answer (chat messages or prompt/completion)."
     )
     model: ModelSection = Field(default_factory=ModelSection, description="Which model to fine-tune.")
     data: DataSection = Field(default_factory=DataSection, description="Where the data is and which columns to use.")
     train: TrainSection = Field(default_factory=TrainSection, description="How to train.")
     qa: QASection = Field(default_factory=QASection, description="Windows and decoding of extractive_qa.")
+    generation: GenerationSection = Field(
+        default_factory=GenerationSection, description="Chat template, packing and decoding of task: generation."
+    )
     similarity: SimilaritySection = Field(
         default_factory=SimilaritySection, description="Answer-similarity evaluation of text answers."
     )
+    judge: JudgeSection = Field(default_factory=JudgeSection, description="Optional LLM-as-judge of text answers.")
     output: OutputSection = Field(default_factory=OutputSection, description="Where to write and what it costs.")
     plan: PlanSection = Field(
         default_factory=PlanSection, description="Hardware, prices and budget for the memory/time/cost plan."

@@ -24,6 +24,7 @@ from slingshot.batching import TokenBudgetBatchSampler, padding_fraction
 from slingshot.data import load_data
 from slingshot.errors import RecipeError, RunDirError
 from slingshot.inference import forward_logits
+from slingshot.judge import judge_records
 from slingshot.models import count_parameters, load_tokenizer, resolve_model
 from slingshot.progress import TrainProgress
 from slingshot.recipe import Recipe
@@ -39,7 +40,7 @@ from slingshot.rundir import (
     write_jsonl,
 )
 from slingshot.similarity import score_records
-from slingshot.tasks import get_task
+from slingshot.tasks import GeneratingTask, get_task
 from slingshot.tracking import check_trackers, numeric, start_trackers, tracking_dir
 
 
@@ -181,6 +182,11 @@ def train(
     tokenizer = load_tokenizer(resolved.path)
     encoded = task.prepare(data.splits, tokenizer, recipe)
     model = task.build_model(resolved, recipe, data.label_names)
+    if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
+        # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA);
+        # later transformers 5 releases renamed it activation checkpointing and warn on the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     if task.text_answers and recipe.similarity.enabled:
         resolve_model(recipe.similarity.model)  # fail now, not after training, when the embedding model is missing
     if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
@@ -280,23 +286,23 @@ def train(
                     consumed += 1
                     if len(window) < accum and consumed < batches_this_epoch:
                         continue
-                    # Each example counts once (or by its weight), however the window is cut into batches: the
-                    # summed loss is divided by the examples (weights) in the whole window, not averaged per batch.
-                    window_examples = sum(int(b["labels"].shape[0]) for b in window)
-                    window_items = sum(float(b["weights"].sum()) if "weights" in b else int(b["labels"].shape[0])
-                                       for b in window)
+                    # Each item (example, its weight, or an answer token) counts once, however the window is cut
+                    # into batches: the summed loss is divided by the items in the whole window, not per batch.
+                    window_examples = sum(int((b["labels"] if "labels" in b else b["input_ids"]).shape[0])
+                                          for b in window)  # examples (pairs for fewshot, windows for QA)
+                    window_items = max(sum(task.loss_items(b) for b in window), 1)
                     window_real = sum(int(b["attention_mask"].sum()) for b in window)
                     window_padded = sum(int(b["attention_mask"].numel()) for b in window)
                     loss_scale = 1 / window_items
                     if accelerator.num_processes > 1:
-                        # Across processes too: DDP averages gradients, so dividing by the examples of all
-                        # processes' windows, times the process count, weighs every example the same. The same
+                        # Across processes too: DDP averages gradients, so dividing by the items of all
+                        # processes' windows, times the process count, weighs every item the same. The same
                         # reduction makes the counters global (and equal in every process's checkpoint).
                         counts = accelerator.reduce(torch.tensor(
                             [window_items, window_examples, window_real, window_padded], dtype=torch.float64,
                             device=device), reduction="sum")
                         global_items, window_examples, window_real, window_padded = counts.tolist()
-                        loss_scale = accelerator.num_processes / global_items
+                        loss_scale = accelerator.num_processes / max(global_items, 1)
                     state.examples_seen += int(window_examples)
                     state.real_tokens += int(window_real)
                     state.padded_tokens += int(window_padded)
@@ -411,6 +417,8 @@ def train(
         if task.text_answers and recipe.similarity.enabled:
             metrics["eval"]["similarity"] = score_records(records, recipe.similarity, run.path / "similarity_eval.png",
                                                           title=f"{recipe.name} eval")
+        if task.text_answers and recipe.judge.enabled:
+            metrics["eval"]["judge"] = judge_records(records, recipe.judge)
         write_jsonl(run.predictions, records)
         # test and gold (human labels kept apart from teacher labels) are scored once, after the model is chosen
         for split in ("test", "gold"):
@@ -422,6 +430,8 @@ def train(
                     metrics[split]["similarity"] = score_records(records, recipe.similarity,
                                                                  run.path / f"similarity_{split}.png",
                                                                  title=f"{recipe.name} {split}")
+                if task.text_answers and recipe.judge.enabled:
+                    metrics[split]["judge"] = judge_records(records, recipe.judge)
                 write_jsonl(run.path / f"predictions_{split}.jsonl", records)
         task.save(unwrapped, tokenizer, run.model, adapter_path=run.adapter)
         write_json(run.metrics, metrics)
@@ -441,6 +451,7 @@ def train(
         "precision": "bf16" if amp_dtype is not None else "fp32",
         "parameters": parameters,
         "train_examples": len(data.splits["train"]),  # examples, not pairs, for method fewshot
+        "train_rows": len(train_split),  # what batches are cut from: pairs, QA windows, packed sequences
         "eval_examples": len(eval_split),
         "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count and not s.reasons},
         "skipped_examples": {split: s.reasons for split, s in data.skipped.items() if s.reasons},
@@ -497,7 +508,10 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype) -> dict[str, Any]:
     """Metrics (with loss) and outputs of a model on one prepared split."""
     logits = forward_logits(model, encoded, collate, forward=task.forward, device=device, autocast_dtype=amp_dtype)
-    outputs = task.outputs(logits, encoded)
+    if isinstance(task, GeneratingTask):  # answers are decoded token by token; the forward pass gave the loss
+        outputs = task.generate(model, encoded, collate, device, amp_dtype)
+    else:
+        outputs = task.outputs(logits, encoded)
     metrics = task.metrics(outputs, encoded, label_names)
     metrics["loss"] = task.eval_loss(logits, encoded)
     return {"metrics": metrics, "outputs": outputs}

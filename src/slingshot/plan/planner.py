@@ -220,8 +220,10 @@ def profile_data(recipe: Recipe, spec: ModelSpec) -> DataProfile:
         if "text" in rows.column_names:
             texts = list(rows["text"])
             pairs = list(rows["text_pair"]) if "text_pair" in rows.column_names else None
-        else:  # extractive QA: the question and its context make one input
+        elif {"question", "context"} <= set(rows.column_names):  # extractive QA: question and context together
             texts, pairs = list(rows["question"]), list(rows["context"])
+        else:  # generation and others: every text of a row (prompt, completion, chat messages) makes its input
+            texts, pairs = [_row_text(row) for row in rows], None
         if tokenizer is not None:
             ids = tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]
             return [len(x) for x in ids]
@@ -242,6 +244,18 @@ def profile_data(recipe: Recipe, spec: ModelSpec) -> DataProfile:
         padding_fraction=round(padding_fraction(batches, train_lengths), 4), batches_per_epoch=len(batches),
         labels=labels, counted_with="tokenizer" if tokenizer is not None else "characters / 4",
     )
+
+
+def _row_text(row: dict) -> str:
+    def strings(value) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, dict):
+            return [text for item in value.values() for text in strings(item)]
+        if isinstance(value, list):
+            return [text for item in value for text in strings(item)]
+        return []
+    return " ".join(strings(row))
 
 
 def _local_tokenizer(spec: ModelSpec):

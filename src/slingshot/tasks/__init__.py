@@ -6,7 +6,7 @@ Adding a task is adding one module that satisfies `Task` and one entry in `TASKS
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -54,8 +54,15 @@ class Task(Protocol):
         """Fit a head that the loss does not train, on the prepared splits, before an evaluation; else nothing."""
         ...
 
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        """The number of items `loss` will sum over in this batch, known before the forward pass: the loop divides
+        by the total of an accumulation window, so each item weighs the same however the window is cut."""
+        ...
+
     def outputs(self, logits: np.ndarray | list[np.ndarray], encoded: Dataset) -> Any:
-        """Turn the logits of one prepared split (rows in order, from `forward_logits`) into predictions."""
+        """Turn the logits of one prepared split (rows in order, from `forward_logits`) into predictions.
+
+        A GeneratingTask has `generate(model, encoded, collate, device, autocast_dtype)` instead."""
         ...
 
     def metrics(self, predictions: Any, encoded: Dataset, label_names: list[str] | None) -> dict[str, Any]:
@@ -75,13 +82,25 @@ class Task(Protocol):
         ...
 
 
+@runtime_checkable
+class GeneratingTask(Protocol):
+    """A task whose predictions are decoded token by token (generation): it has `generate` instead of `outputs`,
+    and its `forward` gives what the evaluation loss needs."""
+
+    def generate(self, model: torch.nn.Module, encoded: Dataset, collate, device: torch.device,
+                 autocast_dtype: torch.dtype | None) -> Any:
+        """Predictions for every row of a prepared split, in row order; what `outputs` gives for other tasks."""
+        ...
+
+
 def get_task(name: str, recipe: Recipe | None = None, method: str | None = None) -> Task:
     """The task of a recipe's `task` and `train.method` (fewshot has its own classification task), with the
     recipe's settings for it (defaults without a recipe)."""
-    from slingshot.recipe import QASection
+    from slingshot.recipe import GenerationSection, QASection
     from slingshot.tasks.classification import ClassificationTask
     from slingshot.tasks.extractive_qa import ExtractiveQATask
     from slingshot.tasks.fewshot import FewShotTask
+    from slingshot.tasks.generation import GenerationTask
 
     method = method or (recipe.train.method if recipe is not None else "full")
     if method == "fewshot":
@@ -92,6 +111,8 @@ def get_task(name: str, recipe: Recipe | None = None, method: str | None = None)
         "classification": ClassificationTask(regression=False),
         "regression": ClassificationTask(regression=True),
         "extractive_qa": ExtractiveQATask(recipe.qa if recipe is not None else QASection()),
+        "generation": GenerationTask(recipe.generation if recipe is not None else GenerationSection(),
+                                     seed=recipe.train.seed if recipe is not None else 0),
     }
     if name not in tasks:
         raise RecipeError(f"unknown task '{name}'", f"use one of: {', '.join(tasks)}")

@@ -142,6 +142,11 @@ class ClassificationTask:
     def fit_head(self, model, encoded, collate, recipe, device, amp_dtype) -> None:
         """Nothing to do: the classification head trains with the body, through the loss."""
 
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> float:
+        if "weights" in batch:  # examples weighted, e.g. by teacher confidence: the loss sums weighted losses
+            return float(batch["weights"].sum())
+        return int(batch["labels"].shape[0])  # examples
+
     # ------------------------------------------------------------------------------------------- evaluation
 
     def outputs(self, logits: np.ndarray, encoded: Dataset) -> dict[str, np.ndarray]:
@@ -236,12 +241,14 @@ def qlora_quantization():
                               bnb_4bit_compute_dtype=compute)
 
 
-def apply_lora(model: torch.nn.Module, recipe: Recipe, task_type=None) -> torch.nn.Module:
-    """LoRA adapters on the model's attention projections; task_type (a peft TaskType) defaults to SEQ_CLS."""
+def apply_lora(model: torch.nn.Module, recipe: Recipe, task_type=None,
+               default_targets: list[str] | str | None = None) -> torch.nn.Module:
+    """LoRA adapters on recipe.train.lora.target_modules, else `default_targets`, else the model family's attention
+    projections (LORA_TARGETS); task_type (a peft TaskType) defaults to SEQ_CLS."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     model_type = model.config.model_type
-    targets = recipe.train.lora.target_modules or LORA_TARGETS.get(model_type)
+    targets = recipe.train.lora.target_modules or default_targets or LORA_TARGETS.get(model_type)
     config = LoraConfig(
         task_type=task_type or TaskType.SEQ_CLS,
         r=recipe.train.lora.r,

@@ -24,7 +24,7 @@ from slingshot.errors import ModelError, RecipeError
 from slingshot.metrics import qa_metrics
 from slingshot.models import ResolvedModel
 from slingshot.recipe import QASection, Recipe
-from slingshot.tasks.classification import _model_max_length, apply_lora, save_model_folder
+from slingshot.tasks.classification import _model_max_length, apply_lora, qlora_quantization, save_model_folder
 
 NOT_CONTEXT = -1  # offset of a token that is not context (question, special tokens): never part of an answer
 
@@ -154,17 +154,23 @@ class ExtractiveQATask:
         from transformers import AutoModelForQuestionAnswering
         from transformers.utils import logging as hf_logging
 
+        quantized = {"quantization_config": qlora_quantization()} if recipe.train.method == "qlora" else {}
         # The new span head is reported as missing weights: expected, and noise for our users.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = AutoModelForQuestionAnswering.from_pretrained(str(resolved.path))
+            model = AutoModelForQuestionAnswering.from_pretrained(str(resolved.path), **quantized)
         except (ValueError, OSError) as exc:
             raise ModelError(f"{resolved.name} cannot be used for extractive QA: {str(exc).splitlines()[0][:200]}",
                              "choose an encoder of the BERT family") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        if recipe.train.method == "lora":
+        if recipe.train.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        if recipe.train.method in ("lora", "qlora"):
             from peft import TaskType
 
             model = apply_lora(model, recipe, TaskType.QUESTION_ANS)
@@ -190,6 +196,9 @@ class ExtractiveQATask:
         start_loss = F.cross_entropy(logits[..., 0], labels[:, 0], reduction="sum")
         end_loss = F.cross_entropy(logits[..., 1], labels[:, 1], reduction="sum")
         return (start_loss + end_loss) / 2, labels.shape[0]
+
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["labels"].shape[0])  # windows
 
     # ------------------------------------------------------------------------------------------- evaluation
 

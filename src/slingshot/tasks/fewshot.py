@@ -243,6 +243,9 @@ class FewShotTask:
         similarity = (first * second).sum(-1)  # (pairs,)
         return ((similarity - targets) ** 2).sum(), targets.shape[0]
 
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["labels"].shape[0])  # pairs
+
     def fit_head(self, model: SentenceEmbeddingClassifier, encoded: dict[str, Dataset], collate, recipe: Recipe,
                  device: torch.device, amp_dtype: torch.dtype | None) -> None:
         """Fit the head on the training examples' embeddings and copy it into the model's linear layer."""
