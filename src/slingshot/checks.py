@@ -154,6 +154,18 @@ def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=Non
     return InspectReport(recipe.task, recipe.model.name, recipe.model.max_length, splits, problems)
 
 
+def _split_report(recipe: Recipe, loaded: LoadedData, split: str, rows: list[dict], lengths: list[int],
+                  problems: list[Problem]) -> SplitReport:
+    """Rows and token lengths of one split; its skipped examples, by reason, added to `problems` as warnings."""
+    report = SplitReport(rows=len(rows), source=loaded.sources[split])
+    report.token_lengths = length_percentiles(lengths)
+    report.truncated = sum(length > recipe.model.max_length for length in lengths)
+    skipped = loaded.skipped.get(split)
+    for reason, count in (skipped.reasons.items() if skipped else []):
+        problems.append(Problem(f"{reason} (skipped)", split, count, ", ".join(skipped.examples), "warning"))
+    return report
+
+
 def inspect_qa_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectReport:
     """Questions per split, question + context token lengths, skipped examples by reason, repeats and leakage.
 
@@ -164,15 +176,9 @@ def inspect_qa_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectRep
     contexts_by_split: dict[str, set[str]] = {}
     for split, dataset in loaded.splits.items():
         rows = dataset.to_list()
-        report = SplitReport(rows=len(rows), source=loaded.sources[split])
         encoded = tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation=False)
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        report.token_lengths = length_percentiles(lengths)
-        report.truncated = sum(length > recipe.model.max_length for length in lengths)
-        splits[split] = report
-        skipped = loaded.skipped.get(split)
-        for reason, count in (skipped.reasons.items() if skipped else []):
-            problems.append(Problem(f"{reason} (skipped)", split, count, ", ".join(skipped.examples), "warning"))
+        report = splits[split] = _split_report(recipe, loaded, split, rows, lengths, problems)
         if report.truncated:
             problems.append(Problem(f"question + context longer than model.max_length={recipe.model.max_length} "
                                     "tokens (split into overlapping windows)", split, report.truncated,
@@ -210,14 +216,8 @@ def inspect_chat_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectR
     prompts_by_split: dict[str, set[str]] = {}
     for split, dataset in loaded.splits.items():
         rows = dataset.to_list()
-        report = SplitReport(rows=len(rows), source=loaded.sources[split])
         lengths = [len(encode_conversation(tokenizer, row["messages"])[0]) for row in rows]
-        report.token_lengths = length_percentiles(lengths)
-        report.truncated = sum(length > recipe.model.max_length for length in lengths)
-        splits[split] = report
-        skipped = loaded.skipped.get(split)
-        for reason, count in (skipped.reasons.items() if skipped else []):
-            problems.append(Problem(f"{reason} (skipped)", split, count, ", ".join(skipped.examples), "warning"))
+        report = splits[split] = _split_report(recipe, loaded, split, rows, lengths, problems)
         if report.truncated:
             problems.append(Problem(f"conversations longer than model.max_length={recipe.model.max_length} tokens "
                                     "(answers cut; those cut before their answer are not trained on)", split,
