@@ -171,3 +171,46 @@ def test_qlora_without_a_gpu_is_refused_before_the_run_directory_exists(tmp_path
     with pytest.raises(RecipeError, match="qlora needs a CUDA GPU"):
         run(tmp_path, tiny_bert, toy_data, method="qlora")
     assert not (tmp_path / "runs" / "toy").exists()
+
+
+def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    from slingshot.train import decay_groups, layer_depth
+
+    assert layer_depth("bert.embeddings.word_embeddings.weight", 6) == 0
+    assert layer_depth("bert.encoder.layer.0.attention.self.query.weight", 6) == 1
+    assert layer_depth("transformer.h.11.mlp.c_fc.weight", 12) == 12
+    assert layer_depth("model.layers.3.self_attn.q_proj.weight", 4) == 4
+    assert layer_depth("classifier.weight", 6) == 7
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+    layers = model.config.num_hidden_layers
+    groups = decay_groups(model, 0.01, 1e-3, layer_decay=0.5)
+    by_name = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert by_name[id(named["classifier.weight"])]["lr"] == pytest.approx(1e-3)
+    assert by_name[id(named["bert.encoder.layer.0.output.dense.weight"])]["lr"] == pytest.approx(1e-3 * 0.5**layers)
+    assert by_name[id(named["bert.embeddings.word_embeddings.weight"])]["lr"] == pytest.approx(1e-3 * 0.5 ** (layers + 1))
+    assert by_name[id(named["bert.embeddings.LayerNorm.weight"])]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(named)
+    plain = decay_groups(model, 0.01, 1e-3)
+    assert len(plain) == 2 and all(g["lr"] == 1e-3 for g in plain)
+
+
+def test_layer_decay_and_weight_averaging_train_and_save_the_averaged_weights(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, epochs=8, layer_decay=0.8, ema=0.9)
+    assert result.metrics["eval"]["accuracy"] >= 0.9
+    # the saved model is the averaged one that was scored: evaluating it again gives the same accuracy
+    best = max(e["accuracy"] for e in result.metrics["evaluations"])
+    assert result.metrics["eval"]["accuracy"] == best
+
+
+def test_resume_with_weight_averaging_matches_an_uninterrupted_run(tmp_path, tiny_bert, toy_data):
+    fields = dict(epochs=3, eval_every=4, checkpoint_every=4, ema=0.8)
+    straight = run(tmp_path / "a", tiny_bert, toy_data, **fields)
+    raw = toy_recipe(tmp_path / "b", tiny_bert, toy_data, **fields)
+    assert train(recipe_from_dict(raw), show_progress=False, stop_after_steps=10).interrupted
+    resumed = train(recipe_from_dict(raw), show_progress=False, resume=True)
+    a, b = weights(straight.run.model), weights(resumed.run.model)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)

@@ -129,6 +129,14 @@ class TrainSection(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and LayerNorm).")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of optimizer steps spent warming up linearly.")
     schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warm-up.")
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="Layer-wise learning-rate decay: the head trains at lr, each layer below at "
+        "this factor times the layer above, embeddings last; null = one learning rate for all.",
+    )
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="Keep an exponential moving average of the weights with this decay (e.g. "
+        "0.999) and evaluate and save it instead of the raw weights; null = off. Costs one copy of the weights.",
+    )
     tokens_per_batch: int = Field(
         1024, ge=16, description="Token budget of a batch, padding included: batch size varies, tokens stay constant."
     )

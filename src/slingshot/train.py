@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -130,13 +131,38 @@ def set_mmap_threshold(size_bytes: int) -> bool:
         return False
 
 
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: biases and LayerNorm weights (1-D) are not decayed (BERT's recipe)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+LAYER_NAME = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_depth(name: str, layers: int) -> int:
+    """Depth of a parameter from its name: 0 embeddings, 1..layers the numbered blocks, layers + 1 the rest (head,
+    pooler, final norm). Covers BERT (`encoder.layer.N`), GPT-2 (`h.N`), Llama (`layers.N`), T5 (`block.N`)."""
+    match = LAYER_NAME.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    if "embed" in name or ".wte." in name or ".wpe." in name:
+        return 0
+    return layers + 1
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                 layer_decay: float | None = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups. Weight decay on matrices only: biases and LayerNorm weights (1-D) are not decayed
+    (BERT's recipe). With layer_decay, each group also carries lr x layer_decay^(distance from the top), so the
+    pretrained bottom layers move least (layer-wise learning-rate decay, as in ELECTRA and BEiT fine-tuning)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    indices = [int(m.group(1)) for name, _ in named if (m := LAYER_NAME.search(name))]
+    layers = max(indices) + 1 if indices else 0
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, parameter in named:
+        depth = layer_depth(name, layers) if layer_decay is not None else layers + 1
+        decayed = parameter.ndim >= 2
+        group = groups.setdefault((depth, decayed), {
+            "params": [], "weight_decay": weight_decay if decayed else 0.0,
+            "lr": lr * (layer_decay ** (layers + 1 - depth) if layer_decay is not None else 1.0),
+        })
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
 
 
 def train(
@@ -189,11 +215,6 @@ def train(
         enable({"use_reentrant": False})
     if task.text_answers and recipe.similarity.enabled:
         resolve_model(recipe.similarity.model)  # fail now, not after training, when the embedding model is missing
-    if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
-        # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA);
-        # later transformers 5 releases renamed it activation checkpointing and warn on the old name
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
     parameters = count_parameters(model)
     # One process decides about and prepares the run directory; the others wait, then use it.
     if accelerator.is_main_process:
@@ -221,8 +242,9 @@ def train(
                         generator=torch.Generator().manual_seed(recipe.train.seed))
 
     # fused: one kernel per step and no full-size temporaries (foreach AdamW briefly holds extra copies)
-    optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay), lr=recipe.train.loop_lr,
-                                  fused=device.type in {"cpu", "cuda"})
+    optimizer = torch.optim.AdamW(
+        decay_groups(model, recipe.train.weight_decay, recipe.train.loop_lr, recipe.train.layer_decay),
+        lr=recipe.train.loop_lr, fused=device.type in {"cpu", "cuda"})
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accum = recipe.train.grad_accum
     steps_per_epoch = math.ceil(len(loader) / accum)
@@ -234,6 +256,17 @@ def train(
 
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    # The averaged weights are what evaluation scores and what is saved: the raw weights only train.
+    ema = None
+    if recipe.train.ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(recipe.train.ema),
+                            use_buffers=True)
+        accelerator.register_for_checkpointing(ema)
+
+    def scored_model() -> torch.nn.Module:
+        return ema.module if ema is not None else accelerator.unwrap_model(model)
     if resume:
         accelerator.load_state(str(run.last_checkpoint))
         truncate_log(run.train_log, state.step)
@@ -245,8 +278,8 @@ def train(
     def evaluate_now() -> dict[str, Any]:
         # A head the loss does not train (few-shot: a classifier on the embeddings) is fitted to the body as it
         # is now, so each evaluation, and the best checkpoint, scores the model that would be saved.
-        task.fit_head(accelerator.unwrap_model(model), encoded, collate, recipe, device, amp_dtype)
-        return evaluate_split(task, accelerator.unwrap_model(model), eval_split, collate, data.label_names,
+        task.fit_head(scored_model(), encoded, collate, recipe, device, amp_dtype)
+        return evaluate_split(task, scored_model(), eval_split, collate, data.label_names,
                               device, amp_dtype)["metrics"]
 
     def save_checkpoint() -> None:
@@ -264,7 +297,7 @@ def train(
 
         if accelerator.is_main_process:
             run.best_checkpoint.mkdir(parents=True, exist_ok=True)
-            save_model(accelerator.unwrap_model(model), str(run.best_checkpoint / "model.safetensors"))
+            save_model(scored_model(), str(run.best_checkpoint / "model.safetensors"))
 
     progress = TrainProgress(total_steps, enabled=show_progress and accelerator.is_main_process, start_step=state.step)
     interrupted = False
@@ -319,6 +352,8 @@ def train(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update_parameters(accelerator.unwrap_model(model))
                     window = []
                     state.step += 1
                     state.batch_in_epoch = consumed
