@@ -388,7 +388,7 @@ def predict(
               slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
               slingshot predict runs/support-qa --prompt "How do I reset my password?" --max-new-tokens 64
     """
-    from slingshot.evaluate import load_run, predict_answers, predict_file, predict_prompts, predict_texts
+    from slingshot.evaluate import load_run, predict_answers, predict_file, predict_texts
 
     if (question is None) != (context is None):
         raise SlingshotError("--question and --context go together", "give both, e.g. --question Q --context TEXT")
@@ -398,6 +398,9 @@ def predict(
     _refuse_existing(output)
     loaded = load_run(str(run_dir))
     if loaded.recipe.task == "generation" or prompt:
+        if backend != "torch" and loaded.recipe.task == "generation":
+            raise SlingshotError(f"run {run_dir} is a generation run: it answers on PyTorch only (no ONNX export)",
+                                 "drop --backend onnx")
         _predict_generation(loaded, run_dir, texts, question, prompt, input_file, output, as_json,
                             {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
         return
@@ -415,7 +418,7 @@ def predict(
         elif skipped.count:
             err.print(f"skipped {skipped.count} empty texts (e.g. {', '.join(skipped.examples)})")
     elif question is not None:
-        records = predict_answers(loaded, [question], [context or ""])
+        records = predict_answers(loaded, [question], [context or ""], backend=backend)
     else:
         records = predict_texts(loaded, list(texts or []), backend=backend)
     if output is not None:
@@ -723,6 +726,7 @@ def export(
     Examples: slingshot export runs/support-qa --merge --out models/support-qa
               slingshot export runs/sst2 --onnx
               slingshot export runs/sst2 --onnx --int8
+              slingshot export runs/policyqa --onnx --int8
     """
     if int8 and not onnx:
         raise SlingshotError("--int8 quantises the ONNX export", "add --onnx")
@@ -742,7 +746,11 @@ def export(
         out.print_json(json.dumps(check))
         return
     out.print(f"wrote {check['onnx_file']} ({check['size_mb']} MB)", highlight=False)
-    if "label_agreement" in check:
+    if "span_agreement" in check:
+        out.print(f"agreement with PyTorch on {check['examples']} eval questions: {check['span_agreement']:.2%} of "
+                  f"answer spans identical, largest logit difference {check['max_start_logit_difference']:.4f} "
+                  f"(start), {check['max_end_logit_difference']:.4f} (end)", highlight=False)
+    elif "label_agreement" in check:
         out.print(f"agreement with PyTorch on {check['examples']} eval examples: {check['label_agreement']:.2%} of "
                   f"labels, largest probability difference {check['max_probability_difference']:.4f}",
                   highlight=False)
