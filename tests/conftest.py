@@ -199,3 +199,29 @@ def toy_trained_run(tmp_path_factory, tiny_bert) -> Path:
     raw = toy_recipe(folder, tiny_bert, data, epochs=8)
     raw["compare"] = {"embedding_model": str(tiny_bert), "latency_examples": 5, "bootstrap_samples": 300}
     return train(recipe_from_dict(raw, folder), show_progress=False).run.path
+
+
+@pytest.fixture(scope="session")
+def qa_trained_run(tmp_path_factory, tiny_bert) -> Path:
+    """A finished extractive-QA run of the tiny BERT on toy questions (test_qa's data and recipe); read-only."""
+    from test_qa import qa_recipe, toy_qa
+
+    from slingshot.recipe import recipe_from_dict
+    from slingshot.train import train
+
+    folder = tmp_path_factory.mktemp("qa-run")
+    data = {"train": write_jsonl(folder / "train.jsonl", toy_qa(200, seed=1)),
+            "eval": write_jsonl(folder / "dev.jsonl", toy_qa(40, seed=2))}
+    return train(recipe_from_dict(qa_recipe(folder, tiny_bert, data)), show_progress=False).run.path
+
+
+@pytest.fixture(scope="session")
+def generation_trained_run(tmp_path_factory, tiny_llama) -> Path:
+    """A finished generation run of the tiny Llama that memorised the 20 project questions; read-only."""
+    from test_generation import gen_recipe
+
+    from slingshot.train import train
+
+    folder = tmp_path_factory.mktemp("generation-run")
+    data = write_jsonl(folder / "qa.jsonl", qa_pairs())
+    return train(gen_recipe(folder, tiny_llama, data), show_progress=False).run.path

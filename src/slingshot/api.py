@@ -51,11 +51,11 @@ class Run:
 
         return predict_texts(self._loaded, [texts] if isinstance(texts, str) else list(texts), pairs, backend)
 
-    def answer(self, question: str, context: str) -> dict:
-        """The answer span of an extractive-QA run."""
+    def answer(self, question: str, context: str, backend: str = "torch") -> dict:
+        """The answer span of an extractive-QA run, as `slingshot predict --question --context` prints it."""
         from slingshot.evaluate import predict_answers
 
-        return predict_answers(self._loaded, [question], [context])[0]
+        return predict_answers(self._loaded, [question], [context], backend)[0]
 
     def evaluate(self, data: str | Path) -> dict[str, Any]:
         """Metrics of the model on any labelled file with the run's columns (as `slingshot evaluate --data`)."""

@@ -388,7 +388,7 @@ def predict(
               slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
               slingshot predict runs/support-qa --prompt "How do I reset my password?" --max-new-tokens 64
     """
-    from slingshot.evaluate import load_run, predict_answers, predict_file, predict_prompts, predict_texts
+    from slingshot.evaluate import load_run, predict_answers, predict_file, predict_texts
 
     if (question is None) != (context is None):
         raise SlingshotError("--question and --context go together", "give both, e.g. --question Q --context TEXT")
@@ -398,6 +398,9 @@ def predict(
     _refuse_existing(output)
     loaded = load_run(str(run_dir))
     if loaded.recipe.task == "generation" or prompt:
+        if backend != "torch" and loaded.recipe.task == "generation":
+            raise SlingshotError(f"run {run_dir} is a generation run: it answers on PyTorch only (no ONNX export)",
+                                 "drop --backend onnx")
         _predict_generation(loaded, run_dir, texts, question, prompt, input_file, output, as_json,
                             {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
         return
@@ -415,7 +418,7 @@ def predict(
         elif skipped.count:
             err.print(f"skipped {skipped.count} empty texts (e.g. {', '.join(skipped.examples)})")
     elif question is not None:
-        records = predict_answers(loaded, [question], [context or ""])
+        records = predict_answers(loaded, [question], [context or ""], backend=backend)
     else:
         records = predict_texts(loaded, list(texts or []), backend=backend)
     if output is not None:
@@ -723,6 +726,7 @@ def export(
     Examples: slingshot export runs/support-qa --merge --out models/support-qa
               slingshot export runs/sst2 --onnx
               slingshot export runs/sst2 --onnx --int8
+              slingshot export runs/policyqa --onnx --int8
     """
     if int8 and not onnx:
         raise SlingshotError("--int8 quantises the ONNX export", "add --onnx")
@@ -742,7 +746,11 @@ def export(
         out.print_json(json.dumps(check))
         return
     out.print(f"wrote {check['onnx_file']} ({check['size_mb']} MB)", highlight=False)
-    if "label_agreement" in check:
+    if "span_agreement" in check:
+        out.print(f"agreement with PyTorch on {check['examples']} eval questions: {check['span_agreement']:.2%} of "
+                  f"answer spans identical, largest logit difference {check['max_start_logit_difference']:.4f} "
+                  f"(start), {check['max_end_logit_difference']:.4f} (end)", highlight=False)
+    elif "label_agreement" in check:
         out.print(f"agreement with PyTorch on {check['examples']} eval examples: {check['label_agreement']:.2%} of "
                   f"labels, largest probability difference {check['max_probability_difference']:.4f}",
                   highlight=False)
@@ -761,17 +769,24 @@ def serve(
     bf16: Annotated[bool, typer.Option("--bf16", help="With --backend torch: bf16 autocast (CPUs with AVX512-BF16).")] = False,
     max_batch_tokens: Annotated[int, typer.Option("--max-batch-tokens", help="Micro-batch budget (estimated tokens).")] = 4096,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a request waits for others to batch with.")] = 5.0,
-    max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts in one request (413 beyond).")] = 256,
-    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest text in characters (413 beyond).")] = 20000,
+    max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts, questions or prompts in one request "
+                                           "(413 beyond).")] = 256,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest text, question, context or prompt in "
+                                           "characters (413 beyond).")] = 20000,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generation runs: the most new tokens a "
+                                                "request may ask for (422 beyond).")] = 1024,
     auth_env: Annotated[str | None, typer.Option("--auth-env", help="Environment variable holding a bearer token "
                                                  "that requests must send.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")] = None,
 ) -> None:
     """Serve a finished run over HTTP with micro-batching: POST /v1/predict, an OpenAI-compatible
-    POST /v1/chat/completions, GET /v1/model and GET /health.
+    POST /v1/chat/completions, GET /v1/model and GET /health. Classification, regression, extractive-QA and
+    generation runs; GET /v1/model says what this run expects.
 
     Examples: slingshot serve runs/sst2
               curl -s localhost:8000/v1/predict -d '{"texts": ["a gripping, funny film"]}'
+              curl -s localhost:8000/v1/predict -d '{"question": "Who?", "context": "Ann wrote it."}'
+              curl -s localhost:8000/v1/predict -d '{"prompt": "Reset my password?", "max_new_tokens": 64}'
               slingshot serve runs/sst2 --backend onnx --int8 --port 8080 --auth-env SLINGSHOT_TOKEN
     """
     from slingshot.serve import ServeLimits, auth_token_from_env
@@ -781,7 +796,8 @@ def serve(
     if auth_env and not token:
         raise SlingshotError(f"environment variable {auth_env} is empty or not set", f"export {auth_env}=<a token>")
     limits = ServeLimits(max_texts_per_request=max_texts, max_text_chars=max_chars,
-                         max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, auth_token=token)
+                         max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_new_tokens=max_new_tokens,
+                         auth_token=token)
     run_server(str(run_dir), host, port, limits, backend=backend, precision="bf16" if bf16 else "fp32",
                int8=int8, threads=threads)
 

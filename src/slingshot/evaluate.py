@@ -8,10 +8,8 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import ValidationError
 
 from slingshot.data import Skipped, load_file
-from slingshot.errors import RecipeError
 from slingshot.recipe import Recipe, recipe_from_dict
 from slingshot.rundir import RunDir, find_run
 from slingshot.judge import judge_records
@@ -36,8 +34,7 @@ def load_run(path: str, threads: int | None = None) -> LoadedRun:
 
     run = find_run(path)
     torch.set_num_threads(threads or default_threads())
-    raw = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {}
-    recipe = recipe_from_dict(raw, source=str(run.recipe))
+    recipe = run_recipe(run)
     task = get_task(recipe.task, recipe)
     tokenizer = load_tokenizer(run.model)
     model = task.load_model(run.model)
@@ -45,6 +42,12 @@ def load_run(path: str, threads: int | None = None) -> LoadedRun:
     if recipe.task == "classification":
         label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return LoadedRun(run, recipe, task, model, tokenizer, label_names)
+
+
+def run_recipe(run: RunDir) -> Recipe:
+    """The resolved recipe a run was trained with, read without loading its model."""
+    raw = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {}
+    return recipe_from_dict(raw, source=str(run.recipe))
 
 
 def evaluate_file(loaded: LoadedRun, path: str, histogram: Path | None = None) -> tuple[dict[str, Any], list[dict], Skipped]:
@@ -97,18 +100,29 @@ def _record(row: int, text: str, pair: str | None, gold: Any, result: dict, labe
     return record
 
 
-def predict_answers(loaded: LoadedRun, questions: list[str], contexts: list[str]) -> list[dict]:
-    """The answer span (with its score and character start) of each question in its context, in input order."""
+def predict_answers(loaded: LoadedRun, questions: list[str], contexts: list[str], backend: str = "torch") -> list[dict]:
+    """The answer span (with its score and character start) of each question in its context, in input order, on
+    PyTorch or the ONNX export. Raises DataError when no question has a non-empty context."""
     from slingshot.qa_data import load_qa_examples
 
     examples = [{"question": q, "context": c} for q, c in zip(questions, contexts)]
     dataset, _ = load_qa_examples(examples, "--question/--context", need_answers=False)
-    return _predict(loaded, dataset)
+    return _answer(loaded, dataset, backend)
+
+
+def _answer(loaded: LoadedRun, dataset, backend: str) -> list[dict]:
+    from slingshot.predictor import QAPredictor
+
+    predictor = QAPredictor(loaded, backend=backend)  # type: ignore[arg-type]
+    outputs = predictor.outputs(list(dataset["question"]), list(dataset["context"]))
+    return loaded.task.records(dataset, outputs, loaded.label_names)
 
 
 def predict_file(loaded: LoadedRun, path: str, backend: str = "torch") -> tuple[list[dict], Skipped]:
     """Predictions for every non-empty text of a file (labels, when present, are kept as `gold`)."""
     dataset, skipped = load_file(path, loaded.recipe, loaded.label_names, need_label=None)
+    if loaded.task.name == "extractive_qa":
+        return _answer(loaded, dataset, backend), skipped
     if loaded.task.name not in ("classification", "regression"):
         return _predict(loaded, dataset), skipped
     from slingshot.predictor import Predictor
@@ -128,16 +142,9 @@ def predict_prompts(loaded: LoadedRun, prompts: list[str], **decoding: Any) -> l
     decoding overrides the recipe's generation settings for this call: max_new_tokens, temperature, top_p.
     """
     from slingshot.chat_data import prompts_dataset
-    from slingshot.recipe import GenerationSection
+    from slingshot.predictor import decoding_settings
 
-    settings = loaded.recipe.generation
-    chosen = {key: value for key, value in decoding.items() if value is not None}
-    if chosen:
-        try:
-            settings = GenerationSection.model_validate({**settings.model_dump(), **chosen})
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise RecipeError(f"invalid decoding option: {problems}", "see `slingshot predict --help`") from None
+    settings = decoding_settings(loaded.recipe.generation, **decoding)
     recipe = loaded.recipe.model_copy(update={"generation": settings})
     task = get_task(recipe.task, recipe)
     return _predict(LoadedRun(loaded.run, recipe, task, loaded.model, loaded.tokenizer, loaded.label_names),

@@ -1,19 +1,21 @@
 """`slingshot serve RUN`: a finished run behind HTTP, with dynamic micro-batching of concurrent requests.
 
 Routes: GET /health, GET /v1/model, POST /v1/predict, and an OpenAI-compatible POST /v1/chat/completions so
-that any OpenAI client (and `slingshot compare`) can call the model like an LLM. Bad requests get JSON errors
-(400 malformed JSON, 422 wrong fields, 413 too many or too long texts, 401 without the bearer token); the
-server keeps answering. One log line per request, never its body.
+that any OpenAI client (and `slingshot compare`) can call the model like an LLM. Each task has its routes class:
+texts -> labels (classification, regression), question + context -> answer span (extractive QA), prompt or
+conversation -> written answer (generation); the request bodies are described in serve_requests.py. Bad requests
+get JSON errors (400 malformed JSON, 422 wrong fields, 413 too many or too long inputs, 401 without the bearer
+token); the server keeps answering. One log line per request, never its body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections import deque
@@ -23,6 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slingshot import __version__
+from slingshot.serve_requests import (
+    EXPECTS,
+    Decoding,
+    RequestError,
+    chat_conversation,
+    chat_question,
+    chat_text,
+    prompts_of,
+    qa_inputs_of,
+    texts_of,
+)
 
 log = logging.getLogger("slingshot.serve")
 
@@ -33,6 +46,7 @@ class ServeLimits:
     max_text_chars: int = 20_000
     max_batch_tokens: int = 4096  # estimated at ~4 characters per token, the batcher's budget
     max_wait_ms: float = 5.0
+    max_new_tokens: int = 1024  # the most a generation request may ask for (422 beyond)
     auth_token: str | None = None
 
 
@@ -105,7 +119,7 @@ class MicroBatcher:
             items = [item for pending in group for item in pending.items]
             try:
                 results = await loop.run_in_executor(self._executor, self.predict, items)
-            except Exception as error:  # one failed batch fails its requests, never the server
+            except Exception as error:  # noqa: BLE001 -- one failed batch fails its requests, never the server
                 for pending in group:
                     if not pending.future.done():
                         pending.future.set_exception(error)
@@ -120,68 +134,162 @@ class MicroBatcher:
                 start += len(pending.items)
 
 
-class RequestError(Exception):
-    def __init__(self, status: int, message: str, field_name: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field_name = status, message, field_name
+def qa_tokens(question: str, context: str, window_tokens: int, stride: int) -> int:
+    """Estimated tokens of a question's windows (~4 characters a token): the context cut into windows that share
+    `stride` tokens, each also holding the question and 3 special tokens. The batcher's cost of a QA item."""
+    question_tokens = len(question) // 4 + 3
+    context_tokens = len(context) // 4 + 1
+    room = max(window_tokens - question_tokens, stride + 1)  # context tokens per window
+    windows = 1 + max(0, -(-(context_tokens - room) // (room - stride)))  # ceiling division
+    return windows * question_tokens + context_tokens + (windows - 1) * stride
 
 
-def _texts_of(body: Any, limits: ServeLimits) -> list[str]:
-    """The texts of a /v1/predict body: {"texts": [...]} or {"text": "..."}; raises RequestError naming the field."""
-    if not isinstance(body, dict):
-        raise RequestError(422, "the body must be a JSON object with 'texts' (a list of strings) or 'text'")
-    unknown = set(body) - {"texts", "text"}
-    if unknown:
-        name = min(unknown)
-        raise RequestError(422, f"unknown field '{name}'; send 'texts' or 'text'", name)
-    if "texts" in body:
-        texts = body["texts"]
-        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
-            raise RequestError(422, "'texts' must be a list of strings", "texts")
-    elif "text" in body:
-        if not isinstance(body["text"], str):
-            raise RequestError(422, "'text' must be a string", "text")
-        texts = [body["text"]]
-    else:
-        raise RequestError(422, "missing field 'texts' (a list of strings) or 'text'", "texts")
-    if not texts:
-        raise RequestError(422, "'texts' is empty", "texts")
-    if len(texts) > limits.max_texts_per_request:
-        raise RequestError(413, f"{len(texts)} texts in one request; the limit is {limits.max_texts_per_request}")
-    for index, text in enumerate(texts):
-        if len(text) > limits.max_text_chars:
-            raise RequestError(413, f"text {index} has {len(text):,} characters; the limit is "
-                                    f"{limits.max_text_chars:,}")
-    return texts
+def usage_tokenizer(tokenizer):
+    """A copy of the tokenizer for counting usage on the event loop: the model's worker thread tokenizes with the
+    original, and a Rust tokenizer whose truncation settings change in one thread while it encodes in another
+    fails ("Already borrowed")."""
+    return copy.deepcopy(tokenizer)
 
 
-_PROMPT_TEXT = re.compile(r"Text: (.*?)\n(?:Second text: .*\n)?Label:\s*$", re.DOTALL)
+@dataclass
+class ChatAnswer:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "stop"
 
 
-def chat_text(body: Any, limits: ServeLimits) -> str:
-    """The text to classify from a chat-completions body: the last user message, or, when it is a prompt in
-    Slingshot's own format (compare's LLM baseline), the text after its last 'Text: '."""
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise RequestError(422, "'messages' must be a non-empty list of {role, content}", "messages")
-    users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
-    if not users or not isinstance(users[-1].get("content"), str):
-        raise RequestError(422, "no user message with string content in 'messages'", "messages")
-    content = users[-1]["content"]
-    found = _PROMPT_TEXT.search(content)
-    text = found.group(1).rsplit("Text: ", 1)[-1] if found else content
-    if len(text) > limits.max_text_chars:
-        raise RequestError(413, f"the message has {len(text):,} characters; the limit is {limits.max_text_chars:,}")
-    return text
+class LabelRoutes:
+    """Classification and regression: texts in, labels with probabilities (or scores) out, micro-batched."""
+
+    def __init__(self, predictor, loaded, limits: ServeLimits):
+        self.predictor, self.loaded, self.limits = predictor, loaded, limits
+        self.batcher = MicroBatcher(predictor.predict, limits, tokens_of=lambda text: len(text) // 4 + 2)
+        self.counter = usage_tokenizer(loaded.tokenizer)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    def info(self) -> dict[str, Any]:
+        return {"labels": self.predictor.label_names, "batching": self.batcher.stats.to_dict()}
+
+    async def predict(self, body: Any) -> list[dict]:
+        return await self.batcher.submit(texts_of(body, self.limits, self.loaded.task.name))
+
+    async def chat(self, body: Any) -> ChatAnswer:
+        text = chat_text(body, self.limits)
+        result = (await self.batcher.submit([text]))[0]
+        answer = result["label"] if "label" in result else f"{result['score']:.6g}"
+        return ChatAnswer(answer, len(self.counter(text)["input_ids"]), 1)
+
+
+class QARoutes:
+    """Extractive QA: (question, context) pairs in, answer spans out. Micro-batched like texts, each pair costing
+    the tokens of the windows the task cuts it into."""
+
+    def __init__(self, predictor, loaded, limits: ServeLimits):
+        self.predictor, self.loaded, self.limits = predictor, loaded, limits
+        stride = loaded.recipe.qa.stride
+        self.batcher = MicroBatcher(predictor.predict, limits,
+                                    tokens_of=lambda pair: qa_tokens(*pair, predictor.max_length, stride))
+        self.counter = usage_tokenizer(loaded.tokenizer)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    def info(self) -> dict[str, Any]:
+        qa = self.loaded.recipe.qa
+        return {"inputs": ["question", "context"], "window_tokens": self.predictor.max_length, "stride": qa.stride,
+                "max_answer_tokens": qa.max_answer_tokens, "batching": self.batcher.stats.to_dict()}
+
+    async def predict(self, body: Any) -> list[dict]:
+        return await self.batcher.submit(qa_inputs_of(body, self.limits))
+
+    async def chat(self, body: Any) -> ChatAnswer:
+        question, context = chat_question(body, self.limits)
+        result = (await self.batcher.submit([(question, context)]))[0]
+        prompt_tokens = len(self.counter(question, context)["input_ids"])
+        answer_tokens = len(self.counter(result["answer"], add_special_tokens=False)["input_ids"])
+        return ChatAnswer(result["answer"], prompt_tokens, answer_tokens)
+
+
+class GenerationRoutes:
+    """Generation: prompts or a conversation in, written answers out, one request at a time.
+
+    Requests are not batched together: a request's answer then never depends on what else is in flight (greedy
+    decoding gives what `slingshot predict` gives, a seed gives the same sample), and requests with different
+    decoding options need no grouping. The prompts of one request are still batched by `generate_answers`. The
+    model runs in one worker thread, which serialises requests like a lock, so the event loop keeps answering
+    /health and queueing requests meanwhile.
+    """
+
+    def __init__(self, predictor, loaded, limits: ServeLimits):
+        self.predictor, self.loaded, self.limits = predictor, loaded, limits
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slingshot-generate")
+        self.requests = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    def info(self) -> dict[str, Any]:
+        settings = self.predictor.settings
+        return {"inputs": ["prompt", "prompts", "messages"], "max_prompt_tokens": self.predictor.max_length,
+                "max_new_tokens_limit": self.limits.max_new_tokens,
+                "generation": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                               "top_p": settings.top_p},
+                "batching": {"mode": "one request at a time", "requests": self.requests}}
+
+    def _generate(self, conversations: list[list[dict[str, str]]], decoding: Decoding) -> list[dict]:
+        """Runs in the worker thread: templates, token limits (413) and decoding."""
+        prompts = [self.predictor.encode(messages) for messages in conversations]
+        for index, prompt in enumerate(prompts):
+            if len(prompt) > self.predictor.max_length:
+                raise RequestError(413, f"prompt {index} has {len(prompt):,} tokens with the chat template; this "
+                                        f"run's limit is {self.predictor.max_length:,} (model.max_length)")
+        return self.predictor.generate(prompts, max_new_tokens=decoding.max_new_tokens,
+                                       temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed)
+
+    async def _run(self, conversations: list[list[dict[str, str]]], decoding: Decoding) -> list[dict]:
+        results = await asyncio.get_running_loop().run_in_executor(self.executor, self._generate, conversations,
+                                                                   decoding)
+        self.requests += 1
+        return results
+
+    async def predict(self, body: Any) -> list[dict]:
+        prompts, decoding = prompts_of(body, self.limits)
+        return await self._run([self.predictor.conversation(prompt) for prompt in prompts], decoding)
+
+    async def chat(self, body: Any) -> ChatAnswer:
+        messages, decoding = chat_conversation(body, self.limits)
+        result = (await self._run([self.predictor.conversation(messages)], decoding))[0]
+        return ChatAnswer(result["text"], result["prompt_tokens"], result["completion_tokens"],
+                          "stop" if result["stopped_at_eos"] else "length")
+
+
+def routes_for(predictor, loaded, limits: ServeLimits):
+    """The routes of the run's task: what /v1/predict and /v1/chat/completions read and answer."""
+    kinds = {"classification": LabelRoutes, "regression": LabelRoutes, "extractive_qa": QARoutes,
+             "generation": GenerationRoutes}
+    return kinds[loaded.task.name](predictor, loaded, limits)
 
 
 def build_app(predictor, loaded, limits: ServeLimits):
-    """The Starlette application serving `predictor` (a slingshot.predictor.Predictor) for the run `loaded`."""
+    """The Starlette application serving `predictor` (from slingshot.predictor.load_predictor) for the run `loaded`."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    batcher = MicroBatcher(predictor.predict, limits, tokens_of=lambda text: len(text) // 4 + 2)
+    routes = routes_for(predictor, loaded, limits)
     metrics_path = loaded.run.metrics
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     model_name = f"slingshot/{loaded.run.path.name}"
@@ -209,42 +317,40 @@ def build_app(predictor, loaded, limits: ServeLimits):
         if not authorised(request):
             return error(401, "missing or wrong bearer token")
         eval_metrics = {k: v for k, v in metrics.get("eval", {}).items() if isinstance(v, (int, float))}
-        return JSONResponse({"model": model_name, "task": loaded.task.name, "labels": predictor.label_names,
-                             "backend": predictor.backend, "metrics": eval_metrics, "slingshot": __version__,
-                             "batching": batcher.stats.to_dict()})
+        return JSONResponse({"model": model_name, "task": loaded.task.name, "backend": predictor.backend,
+                             "expects": EXPECTS[loaded.task.name], **routes.info(), "metrics": eval_metrics,
+                             "slingshot": __version__})
 
     async def predict(request: Request) -> JSONResponse:
         if not authorised(request):
             return error(401, "missing or wrong bearer token")
         try:
-            texts = _texts_of(await read_json(request), limits)
+            results = await routes.predict(await read_json(request))
         except RequestError as problem:
             return error(problem.status, problem.message, problem.field_name)
-        results = await batcher.submit(texts)
         return JSONResponse({"model": model_name, "predictions": results})
 
     async def chat(request: Request) -> JSONResponse:
         if not authorised(request):
             return error(401, "missing or wrong bearer token")
         try:
-            text = chat_text(await read_json(request), limits)
+            answer = await routes.chat(await read_json(request))
         except RequestError as problem:
             return error(problem.status, problem.message, problem.field_name)
-        result = (await batcher.submit([text]))[0]
-        answer = result["label"] if "label" in result else f"{result['score']:.6g}"
-        prompt_tokens = len(loaded.tokenizer(text)["input_ids"])
         return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": model_name,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
+            "choices": [{"index": 0, "finish_reason": answer.finish_reason,
+                         "message": {"role": "assistant", "content": answer.content}}],
+            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                      "total_tokens": answer.prompt_tokens + answer.completion_tokens},
         })
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await batcher.start()
+        await routes.start()
         yield
-        await batcher.stop()
+        await routes.stop()
 
     app = Starlette(routes=[Route("/health", health), Route("/v1/model", model_info),
                             Route("/v1/predict", predict, methods=["POST"]),
@@ -267,7 +373,7 @@ def build_app(predictor, loaded, limits: ServeLimits):
             log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status["code"],
                      (time.perf_counter() - start) * 1000)
 
-    logged.batcher = batcher  # type: ignore[attr-defined]
+    logged.routes = routes  # type: ignore[attr-defined]
     return logged
 
 
@@ -278,12 +384,12 @@ def serve(run_path: str, host: str, port: int, limits: ServeLimits, backend: str
     import uvicorn
 
     from slingshot.evaluate import load_run
-    from slingshot.predictor import Predictor
+    from slingshot.predictor import load_predictor
     from slingshot.train import default_threads
 
     loaded = load_run(run_path, threads=threads)
     torch.set_num_threads(threads or default_threads())
-    predictor = Predictor(loaded, backend=backend, precision=precision, int8=int8, threads=threads)
+    predictor = load_predictor(loaded, backend=backend, precision=precision, int8=int8, threads=threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     app = build_app(predictor, loaded, limits)
     log.info("serving %s (%s) on http://%s:%d", loaded.run.path, predictor.name, host, port)

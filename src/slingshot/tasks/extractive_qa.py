@@ -55,34 +55,40 @@ def answer_tokens(offsets: list, sequence_ids: list, start_char: int, end_char: 
     return start, end
 
 
+def window_rows(batch: dict[str, list], indices: list[int], tokenizer, max_length: int,
+                settings: QASection) -> dict[str, list]:
+    """The windows of a batch of examples (question, context, answers, answer_starts): model inputs, labels
+    [start, end], length, its example's index, context and answers, and the character offsets of its context tokens."""
+    cut = [cut_question(q, tokenizer, settings.max_question_tokens) for q in batch["question"]]
+    questions = [q.lstrip() for q, _ in cut]  # leading spaces only shift offsets; BERT's recipe drops them
+    encoded = tokenizer(questions, batch["context"], truncation="only_second", max_length=max_length,
+                        stride=settings.stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+    # context and gold answers ride along (per window) so that decoding and scoring need only this split
+    keys = ("labels", "length", "example_index", "offsets", "question_cut", "context", "answers")
+    windows: dict[str, list] = {key: [] for key in keys}
+    for window, example in enumerate(encoded["overflow_to_sample_mapping"]):
+        sequence_ids = encoded.sequence_ids(window)
+        offsets = encoded["offset_mapping"][window]
+        answers, starts = batch["answers"][example], batch["answer_starts"][example]
+        # SQuAD trains on the first gold answer; the others only count when scoring
+        label = answer_tokens(offsets, sequence_ids, starts[0], starts[0] + len(answers[0])) if answers else (0, 0)
+        windows["labels"].append(list(label))
+        windows["length"].append(len(encoded["input_ids"][window]))
+        windows["example_index"].append(indices[example])
+        windows["offsets"].append([list(o) if s == 1 else [NOT_CONTEXT, NOT_CONTEXT]
+                                   for o, s in zip(offsets, sequence_ids)])
+        windows["question_cut"].append(cut[example][1])
+        windows["context"].append(batch["context"][example])
+        windows["answers"].append(answers)
+    model_inputs = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {**model_inputs, **windows}
+
+
 def encode_windows(dataset: Dataset, tokenizer, max_length: int, settings: QASection) -> Dataset:
-    """One row per window: model inputs, labels [start, end], length, its example's index, context and answers,
-    and the character offsets of its context tokens."""
+    """One row per window (see window_rows) of every example of a split."""
 
     def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        cut = [cut_question(q, tokenizer, settings.max_question_tokens) for q in batch["question"]]
-        questions = [q.lstrip() for q, _ in cut]  # leading spaces only shift offsets; BERT's recipe drops them
-        encoded = tokenizer(questions, batch["context"], truncation="only_second", max_length=max_length,
-                            stride=settings.stride, return_overflowing_tokens=True, return_offsets_mapping=True)
-        # context and gold answers ride along (per window) so that decoding and scoring need only this split
-        keys = ("labels", "length", "example_index", "offsets", "question_cut", "context", "answers")
-        windows: dict[str, list] = {key: [] for key in keys}
-        for window, example in enumerate(encoded["overflow_to_sample_mapping"]):
-            sequence_ids = encoded.sequence_ids(window)
-            offsets = encoded["offset_mapping"][window]
-            answers, starts = batch["answers"][example], batch["answer_starts"][example]
-            # SQuAD trains on the first gold answer; the others only count when scoring
-            label = answer_tokens(offsets, sequence_ids, starts[0], starts[0] + len(answers[0])) if answers else (0, 0)
-            windows["labels"].append(list(label))
-            windows["length"].append(len(encoded["input_ids"][window]))
-            windows["example_index"].append(indices[example])
-            windows["offsets"].append([list(o) if s == 1 else [NOT_CONTEXT, NOT_CONTEXT]
-                                       for o, s in zip(offsets, sequence_ids)])
-            windows["question_cut"].append(cut[example][1])
-            windows["context"].append(batch["context"][example])
-            windows["answers"].append(answers)
-        model_inputs = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        return {**model_inputs, **windows}
+        return window_rows(batch, indices, tokenizer, max_length, settings)
 
     return dataset.map(encode, batched=True, with_indices=True, batch_size=1000, remove_columns=dataset.column_names,
                        keep_in_memory=True)
@@ -131,6 +137,12 @@ class ExtractiveQATask:
     # ------------------------------------------------------------------------------------------- data
 
     def prepare(self, splits: dict[str, Dataset], tokenizer, recipe: Recipe) -> dict[str, Dataset]:
+        max_length = self.window_length(tokenizer, recipe)
+        return {split: encode_windows(dataset, tokenizer, max_length, self.settings) for split, dataset in splits.items()}
+
+    def window_length(self, tokenizer, recipe: Recipe) -> int:
+        """Tokens per window: model.max_length within the model's own limit. Raises ModelError without a fast
+        tokenizer, RecipeError when a window leaves no more room for context than qa.stride."""
         if not getattr(tokenizer, "is_fast", False):
             raise ModelError("extractive_qa needs a fast (Rust) tokenizer for character offsets",
                              "use a model folder with a tokenizer.json")
@@ -140,7 +152,14 @@ class ExtractiveQATask:
             raise RecipeError(f"windows of {max_length} tokens leave {room} for context after a "
                               f"{self.settings.max_question_tokens}-token question: not more than qa.stride "
                               f"{self.settings.stride}", "raise model.max_length, or lower qa.stride or qa.max_question_tokens")
-        return {split: encode_windows(dataset, tokenizer, max_length, self.settings) for split, dataset in splits.items()}
+        return max_length
+
+    def question_windows(self, questions: list[str], contexts: list[str], tokenizer, max_length: int) -> dict[str, list]:
+        """The windows of questions to answer (no gold answers) as prepare makes them, as plain lists rather than a
+        Dataset: what `forward_logits` and `outputs` take, and all a served request pays for."""
+        batch = {"question": questions, "context": contexts, "answers": [[] for _ in questions],
+                 "answer_starts": [[] for _ in questions]}
+        return window_rows(batch, list(range(len(questions))), tokenizer, max_length, self.settings)
 
     def fit_head(self, model, encoded, collate, recipe, device, amp_dtype) -> None:
         """Nothing to fit: the loss trains the span head."""
@@ -202,8 +221,10 @@ class ExtractiveQATask:
 
     # ------------------------------------------------------------------------------------------- evaluation
 
-    def outputs(self, logits: list[np.ndarray], encoded: Dataset) -> dict[str, list]:
-        """One answer per question, in the order of the untokenized split; "" when no valid span was found."""
+    def outputs(self, logits: list[np.ndarray], encoded: Dataset | dict[str, list]) -> dict[str, list]:
+        """One answer per question, in the order of the untokenized split; "" when no valid span was found.
+
+        `encoded` is a prepared split, or the plain lists of `question_windows`."""
         example_index = encoded["example_index"]
         offsets = encoded["offsets"]
         count = max(example_index) + 1 if example_index else 0
@@ -222,7 +243,7 @@ class ExtractiveQATask:
         }
 
     @staticmethod
-    def _per_example(encoded: Dataset, column: str, count: int) -> list:
+    def _per_example(encoded: Dataset | dict[str, list], column: str, count: int) -> list:
         """A column of the windows, one value per example (the first window's)."""
         values: list = [None] * count
         for example, value in zip(encoded["example_index"], encoded[column]):
