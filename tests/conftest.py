@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random BERT and GPT-2 models with tokenizers made here, and small labelled files."""
+"""Shared fixtures: tiny random BERT, GPT-2, Llama and T5 models with tokenizers made here, and small labelled files."""
 
 from __future__ import annotations
 
@@ -132,6 +132,33 @@ def tiny_llama(tmp_path_factory) -> Path:
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    """A 2+2-layer, 64-wide T5 encoder-decoder with random weights and a Unigram tokenizer trained here on the project
+    questions (T5's layout: <pad> 0, </s> 1, <unk> 2, EOS appended to every text; no sentinel tokens)."""
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+def build_tiny_t5(folder: Path) -> Path:
+    import torch
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    corpus = [f"{p['prompt']} {p['completion']}" for p in qa_pairs()]
+    corpus += [" ".join(COLOURS + ANIMALS + PROJECTS), "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,:;?!'-"]
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(corpus, vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    vocab = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=128)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
     return folder
 
 
