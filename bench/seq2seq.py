@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, emit, log, machine_info, peak_rss_mb, run_isolated, warn_if_busy  # noqa: E402
+from common import (
+    REPO,
+    emit,
+    log,
+    machine_info,
+    peak_rss_mb,
+    run_isolated,
+    warn_if_busy,
+)
 
 DATA = REPO / "examples" / "nist-qa"
 

@@ -272,12 +272,14 @@ def test_packing_and_chat_templates_are_refused_for_seq2seq(tiny_t5):
 def test_plan_and_inspect_read_a_seq2seq_recipe(tmp_path, tiny_t5):
     from slingshot.checks import inspect_data
     from slingshot.plan import make_plan
+    from slingshot.plan.catalogue import find_in_catalogue
 
     data = write_jsonl(tmp_path / "qa.jsonl", qa_pairs())
     recipe = s2s_recipe(tmp_path, tiny_t5, data)
-    plan = make_plan(recipe, "cpu-2core", with_shortlist=False)
+    plan = make_plan(recipe, "cpu-2core")
     assert plan.model.kind == "seq2seq" and plan.data.train_rows == 20
     assert plan.methods["lora"].memory.total_mb < plan.methods["full"].memory.total_mb
+    assert plan.shortlist and {find_in_catalogue(s.model).kind for s in plan.shortlist} == {"seq2seq"}
     recipe.generation.max_new_tokens = 3
     report = inspect_data(recipe)
     assert report.splits["train"].token_lengths["max"] == max(len(load_tokenizer(tiny_t5)(p["prompt"])["input_ids"])
