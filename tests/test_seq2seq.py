@@ -147,6 +147,19 @@ def test_memorises_twenty_pairs_through_the_real_loop(tmp_path, tiny_t5, tiny_be
     assert saved_tokenizer.decode(output[0], skip_special_tokens=True) == records[0]["predicted"]
 
 
+def test_bart_memorises_too_and_its_lora_adapts_q_proj_and_v_proj(tmp_path, tiny_bart):
+    from slingshot.models import resolve_model
+
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_pairs())
+    recipe = s2s_recipe(tmp_path, tiny_bart, data)
+    result = train(recipe, show_progress=False)  # BART's decoder starts from </s> and writes a forced <s> first
+    assert result.metrics["eval"]["exact_match"] >= 90 and result.metrics["eval"]["stopped_at_eos"] == 1.0
+    recipe.train.method = "lora"
+    model = Seq2SeqTask(recipe.generation).build_model(resolve_model(str(tiny_bart)), recipe, None)
+    adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == {"q_proj", "v_proj"}
+
+
 def test_lora_trains_only_the_adapter(lora_run, tiny_t5):
     from safetensors.torch import load_file
 
