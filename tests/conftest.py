@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random BERT and GPT-2 models with tokenizers made here, and small labelled files."""
+"""Shared fixtures: tiny random BERT, GPT-2, Llama, T5 and BART models with tokenizers made here, and small labelled files."""
 
 from __future__ import annotations
 
@@ -132,6 +132,62 @@ def tiny_llama(tmp_path_factory) -> Path:
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    """A 2+2-layer, 64-wide T5 encoder-decoder with random weights and a Unigram tokenizer trained here on the project
+    questions (T5's layout: <pad> 0, </s> 1, <unk> 2, EOS appended to every text; no sentinel tokens)."""
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+def build_tiny_t5(folder: Path) -> Path:
+    import torch
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    corpus = [f"{p['prompt']} {p['completion']}" for p in qa_pairs()]
+    corpus += [" ".join(COLOURS + ANIMALS + PROJECTS), "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,:;?!'-"]
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(corpus, vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    vocab = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=128)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    """A 2+2-layer, 64-wide BART with random weights and a byte-level BPE trained here on the project questions
+    (BART's layout: <s> 0, <pad> 1, </s> 2; the decoder starts from </s> and is forced to write <s> first)."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import BartConfig, BartForConditionalGeneration, BartTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bart")
+    bpe = ByteLevelBPETokenizer()
+    corpus = [f"{p['prompt']} {p['completion']}" for p in qa_pairs()] + [" ".join(COLOURS + ANIMALS + PROJECTS)]
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    tokenizer = BartTokenizer(vocab=vocab, merges=merges, model_max_length=128)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=len(tokenizer), d_model=64, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                        max_position_embeddings=128, dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        decoder_start_token_id=tokenizer.eos_token_id, forced_bos_token_id=tokenizer.bos_token_id)
+    BartForConditionalGeneration(config).save_pretrained(folder)
     return folder
 
 

@@ -164,14 +164,14 @@ def test_generation_stops_at_eos_and_otherwise_at_max_new_tokens(tiny_llama):
         assert out["new_tokens"] == [0 if favoured == tokenizer.eos_token_id else 7]
 
 
-@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gpt2"])
-def test_left_padded_batches_generate_what_each_prompt_generates_alone(family, request):
+@pytest.mark.parametrize("family, beams", [("tiny_llama", 1), ("tiny_gpt2", 1), ("tiny_llama", 3)])
+def test_left_padded_batches_generate_what_each_prompt_generates_alone(family, beams, request):
     model_path = request.getfixturevalue(family)
     tokenizer = plain_tokenizer(model_path)
     model = causal_lm(model_path)
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": text}])
                for text in ("a", "the movie was quite a good film and the actors were great", "dull plot")]
-    settings = GenerationSection(max_new_tokens=6)
+    settings = GenerationSection(max_new_tokens=6, num_beams=beams)
     together = generate_answers(model, tokenizer, prompts, settings)["predicted"]
     assert together == [generate_answers(model, tokenizer, [p], settings)["predicted"][0] for p in prompts]
 

@@ -70,6 +70,17 @@ def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -
     return 1.0 - real / padded if padded else 0.0
 
 
+def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Real and padded tokens of a collated batch: the cells of its attention mask that are 1, and all of them; an
+    encoder-decoder's targets (decoder_attention_mask) are tokens of their own and count too."""
+    real = padded = 0
+    for name in ("attention_mask", "decoder_attention_mask"):
+        if name in batch:
+            real += int(batch[name].sum())
+            padded += int(batch[name].numel())
+    return real, padded
+
+
 class TokenBudgetBatchSampler(Sampler[list[int]]):
     """A batch sampler over `token_budget_batches`; `set_epoch` reshuffles deterministically (seed + epoch)."""
 

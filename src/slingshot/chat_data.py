@@ -1,11 +1,13 @@
-"""Loading data for generative fine-tuning: every row becomes a conversation, a list of {role, content} messages.
+"""Loading data for generative fine-tuning (task generation and seq2seq): every row becomes a conversation, a list of
+{role, content} messages.
 
 Three shapes are read, from any file `read_rows` reads (JSONL, JSON, CSV, TSV, Parquet) or a hub dataset:
   - chat: a `messages` column, [{"role": "system"|"user"|"assistant", "content": "..."}, ...], as `docs2qa`'s
     chat/train.jsonl and most chat datasets are written;
   - prompt/completion: two text columns, becoming one user turn and one assistant turn;
   - prompt alone (to predict): one user turn, the model writes the answer.
-The reference answer of a conversation is its last assistant turn.
+The reference answer of a conversation is its last assistant turn. An encoder-decoder reads the turns before it
+as one source text (`source_text`), so source/target pairs are prompt/completion columns named in the recipe.
 """
 
 from __future__ import annotations
@@ -87,6 +89,22 @@ def reference_answer(messages: list[dict[str, str]]) -> str | None:
 def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The conversation up to (not including) its reference answer: what the model is asked."""
     return messages[:-1] if reference_answer(messages) is not None else messages
+
+
+def source_text(messages: list[dict[str, str]]) -> str:
+    """The prompt of a conversation as one plain text, what an encoder-decoder (task seq2seq) reads.
+
+    A single question stays as it is (docs2qa's question -> answer); a system prompt goes first on its own line,
+    as T5's task prefixes do; earlier turns are written out as 'User: ...' and 'Assistant: ...' lines.
+    """
+    asked = prompt_messages(messages)
+    system = [m["content"] for m in asked if m["role"] == "system"]
+    turns = [m for m in asked if m["role"] != "system"]
+    if len(turns) == 1:
+        lines = [turns[0]["content"]]
+    else:
+        lines = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in turns]
+    return "\n".join(system + lines)
 
 
 def load_chat_data(recipe: Recipe, *, splits: tuple[str, ...] = SPLITS) -> LoadedData:

@@ -73,7 +73,7 @@ def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=Non
         tokenizer = load_tokenizer(resolve_model(recipe.model.name, recipe.model.revision).path)
     if recipe.task == "extractive_qa":
         return inspect_qa_data(recipe, loaded, tokenizer)
-    if recipe.task == "generation":
+    if recipe.task in ("generation", "seq2seq"):
         return inspect_chat_data(recipe, loaded, tokenizer)
     names = loaded.label_names
     splits: dict[str, SplitReport] = {}
@@ -205,24 +205,40 @@ def inspect_qa_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectRep
 
 
 def inspect_chat_data(recipe: Recipe, loaded: LoadedData, tokenizer) -> InspectReport:
-    """Conversations per split, their token lengths in the chat template, skipped rows by reason, repeated prompts,
-    and prompts also in train (leakage). `truncated` counts conversations longer than model.max_length."""
-    from slingshot.chat_data import prompt_messages
+    """Conversations per split, their token lengths (in the chat template; for seq2seq, of the source), skipped rows
+    by reason, repeated prompts, and prompts also in train (leakage). `truncated` counts conversations (seq2seq:
+    sources) longer than model.max_length; seq2seq also counts answers longer than generation.max_new_tokens."""
+    from slingshot.chat_data import prompt_messages, reference_answer, source_text
     from slingshot.chat_template import choose_template, encode_conversation
 
-    tokenizer.chat_template = choose_template(tokenizer, recipe.generation.template)
+    seq2seq = recipe.task == "seq2seq"
+    if not seq2seq:
+        tokenizer.chat_template = choose_template(tokenizer, recipe.generation.template)
     splits: dict[str, SplitReport] = {}
     problems: list[Problem] = []
     prompts_by_split: dict[str, set[str]] = {}
     for split, dataset in loaded.splits.items():
         rows = dataset.to_list()
-        lengths = [len(encode_conversation(tokenizer, row["messages"])[0]) for row in rows]
+        if seq2seq:
+            lengths = [len(ids) for ids in tokenizer([source_text(row["messages"]) for row in rows])["input_ids"]]
+        else:
+            lengths = [len(encode_conversation(tokenizer, row["messages"])[0]) for row in rows]
         report = splits[split] = _split_report(recipe, loaded, split, rows, lengths, problems)
         if report.truncated:
-            problems.append(Problem(f"conversations longer than model.max_length={recipe.model.max_length} tokens "
-                                    "(answers cut; those cut before their answer are not trained on)", split,
+            what = ("sources longer than {} tokens (their end is cut)" if seq2seq else "conversations longer than {} "
+                    "tokens (answers cut; those cut before their answer are not trained on)")
+            problems.append(Problem(what.format(f"model.max_length={recipe.model.max_length}"), split,
                                     report.truncated, f"row {rows[int(np.argmax(lengths))]['row']}, {max(lengths)} "
                                     "tokens", "warning"))
+        if seq2seq:
+            answers = [reference_answer(row["messages"]) or "" for row in rows]
+            targets = [len(ids) for ids in tokenizer(text_target=answers)["input_ids"]] if rows else []
+            cut = [i for i, n in enumerate(targets) if n > recipe.generation.max_new_tokens]
+            if cut:
+                longest = max(cut, key=lambda i: targets[i])
+                problems.append(Problem(f"answers longer than generation.max_new_tokens={recipe.generation.max_new_tokens} "
+                                        "tokens (cut when training; the model cannot write them whole)", split,
+                                        len(cut), f"row {rows[longest]['row']}, {targets[longest]} tokens", "warning"))
         seen: dict[str, dict] = {}
         repeats = []
         for row in rows:

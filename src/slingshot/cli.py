@@ -368,14 +368,16 @@ def predict(
     context: Annotated[str | None, typer.Option("--context", help="Text the answer is taken from (with --question).")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help="File of texts (the run's text column), of "
                                                      "question/context records for extractive_qa, or of chat "
-                                                     "messages / prompts for generation.")] = None,
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Prompt to answer (generation runs; "
-                                                     "repeatable).")] = None,
+                                                     "messages / prompts for generation and seq2seq.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Prompt to answer (generation and seq2seq "
+                                                     "runs; repeatable).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Longest answer in tokens (default: "
                                                        "the recipe's generation.max_new_tokens).")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="0 = greedy; above 0 samples (default: "
                                                       "the recipe's).")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass, with --temperature > 0.")] = None,
+    num_beams: Annotated[int | None, typer.Option("--num-beams", help="Beam search width; 1 = greedy (default: the "
+                                                  "recipe's generation.num_beams).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions as JSONL here.")] = None,
     backend: BackendOpt = "torch",
     as_json: JsonOpt = False,
@@ -387,6 +389,7 @@ def predict(
               slingshot predict runs/sst2 --input new.csv --output predictions.jsonl
               slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
               slingshot predict runs/support-qa --prompt "How do I reset my password?" --max-new-tokens 64
+              slingshot predict runs/flan-qa --prompt "What does IT stand for?" --num-beams 4
     """
     from slingshot.evaluate import load_run, predict_answers, predict_file, predict_texts
 
@@ -397,12 +400,13 @@ def predict(
                              "or --input FILE")
     _refuse_existing(output)
     loaded = load_run(str(run_dir))
-    if loaded.recipe.task == "generation" or prompt:
-        if backend != "torch" and loaded.recipe.task == "generation":
-            raise SlingshotError(f"run {run_dir} is a generation run: it answers on PyTorch only (no ONNX export)",
-                                 "drop --backend onnx")
+    if loaded.recipe.task in GENERATING_TASKS or prompt:
+        if backend != "torch" and loaded.recipe.task in GENERATING_TASKS:
+            raise SlingshotError(f"run {run_dir} is a {loaded.recipe.task} run: it answers on PyTorch only "
+                                 "(no ONNX export)", "drop --backend onnx")
         _predict_generation(loaded, run_dir, texts, question, prompt, input_file, output, as_json,
-                            {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p})
+                            {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                             "num_beams": num_beams})
         return
     answers = loaded.recipe.task == "extractive_qa"
     if answers and texts:
@@ -451,11 +455,14 @@ def predict(
     out.print(table)
 
 
+GENERATING_TASKS = ("generation", "seq2seq")  # runs that write answers to prompts
+
+
 def _predict_generation(loaded, run_dir: Path, texts, question, prompt, input_file, output, as_json, decoding) -> None:
     from slingshot.evaluate import predict_file, predict_prompts
 
-    if loaded.recipe.task != "generation":
-        raise SlingshotError(f"run {run_dir} is a {loaded.recipe.task} run; --prompt needs a generation run",
+    if loaded.recipe.task not in GENERATING_TASKS:
+        raise SlingshotError(f"run {run_dir} is a {loaded.recipe.task} run; --prompt needs a generation or seq2seq run",
                              "give texts to classify, or --question with --context for extractive_qa")
     if texts or question is not None:
         raise SlingshotError(f"run {run_dir} writes answers to prompts", "use --prompt TEXT, or --input FILE")

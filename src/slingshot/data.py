@@ -380,7 +380,7 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
         from slingshot.qa_data import load_qa_data
 
         return load_qa_data(recipe, splits=splits)
-    if recipe.task == "generation":
+    if recipe.task in ("generation", "seq2seq"):  # both read conversations (chat_data)
         from slingshot.chat_data import load_chat_data
 
         return load_chat_data(recipe, splits=splits)
@@ -514,7 +514,7 @@ def load_file(path: str, recipe: Recipe, label_names: list[str] | None, *, need_
         from slingshot.qa_data import load_qa_file
 
         return load_qa_file(path, need_answers=need_label)
-    if recipe.task == "generation":
+    if recipe.task in ("generation", "seq2seq"):  # both read conversations (chat_data)
         from slingshot.chat_data import load_chat_file
 
         return load_chat_file(path, recipe, need_answer=need_label)

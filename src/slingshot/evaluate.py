@@ -137,9 +137,9 @@ def predict_file(loaded: LoadedRun, path: str, backend: str = "torch") -> tuple[
 
 
 def predict_prompts(loaded: LoadedRun, prompts: list[str], **decoding: Any) -> list[dict]:
-    """The generated answer of each prompt (generation runs), in input order, through the run's chat template.
+    """The generated answer of each prompt (generation and seq2seq runs), in input order, prompted as in training.
 
-    decoding overrides the recipe's generation settings for this call: max_new_tokens, temperature, top_p.
+    decoding overrides the recipe's generation settings for this call: max_new_tokens, temperature, top_p, num_beams.
     """
     from slingshot.chat_data import prompts_dataset
     from slingshot.predictor import decoding_settings

@@ -1,6 +1,6 @@
 """Exporting a finished run's model in other forms, one function per kind (`slingshot export RUN --merge`).
 
-A LoRA generation run keeps only its adapter (megabytes, where merged weights of a 7B model are ~14 GB in bf16);
+A LoRA generation or seq2seq run keeps only its adapter (megabytes, where merged weights of a 7B model are ~14 GB in bf16);
 merging folds the adapter into a copy of the base weights, W + (alpha / r) B A, so the result is a plain Hugging
 Face folder that loads and generates without PEFT, as fast as the base model.
 """

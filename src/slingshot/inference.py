@@ -19,6 +19,8 @@ from slingshot.batching import token_budget_batches
 # beyond ~4k tokens larger batches gained no speed here and only raised peak memory.
 EVAL_TOKENS_PER_BATCH = 4096
 EVAL_MAX_BATCH_SIZE = 256
+# What a model's forward pass reads of a prepared row, unless the task says otherwise (seq2seq adds its labels).
+FORWARD_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def model_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -37,18 +39,20 @@ def forward_logits(
     tokens_per_batch: int = EVAL_TOKENS_PER_BATCH,
     max_batch_size: int = EVAL_MAX_BATCH_SIZE,
     autocast_dtype: torch.dtype | None = None,
+    columns: tuple[str, ...] = FORWARD_COLUMNS,
 ) -> np.ndarray | list[np.ndarray]:
     """Logits for every row of `encoded` (a Dataset or a dict of lists, with a `length` column), in row order.
 
     One array (rows, k) for per-example logits; a list of (length, k) arrays, one per row, for per-token logits.
+    `columns` are the ones handed to the collator, where the row has them.
     """
     was_training = model.training
     model.eval()
     lengths = encoded["length"]
     batches = token_budget_batches(lengths, tokens_per_batch, max_batch_size, shuffle=False)
     names = encoded.column_names if isinstance(encoded, Dataset) else list(encoded)
-    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in names]
-    data = {c: encoded[c] for c in columns}  # plain lists: per-row Arrow access is slow
+    present = [c for c in columns if c in names]
+    data = {c: encoded[c] for c in present}  # plain lists: per-row Arrow access is slow
     results: list[np.ndarray] = [np.zeros(0)] * len(lengths)
     per_token = False
     device = torch.device(device)
@@ -57,7 +61,7 @@ def forward_logits(
     )
     with autocast:
         for indices in batches:
-            batch = collate([{c: data[c][i] for c in columns} for i in indices])
+            batch = collate([{c: data[c][i] for c in present} for i in indices])
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = forward(model, batch).float().cpu().numpy()
             per_token = logits.ndim == 3

@@ -17,8 +17,10 @@ METRICS = {
     "regression": ("rmse", "mae", "pearson", "spearman", "loss"),
     "extractive_qa": ("f1", "exact_match", "loss"),
     "generation": ("rouge_l", "exact_match", "f1", "loss"),
+    "seq2seq": ("rouge_l", "exact_match", "f1", "loss"),
 }
-AUTO_METRIC = {"classification": "accuracy", "regression": "rmse", "extractive_qa": "f1", "generation": "rouge_l"}
+AUTO_METRIC = {"classification": "accuracy", "regression": "rmse", "extractive_qa": "f1", "generation": "rouge_l",
+               "seq2seq": "rouge_l"}
 
 
 class Section(BaseModel):
@@ -79,7 +81,8 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | None = Field(
         None, description="Module names to adapt; default by model family (BERT: query/key/value, GPT-2: c_attn; "
-        "generation: every linear layer of the blocks, e.g. q/k/v/o/gate/up/down_proj in Llama)."
+        "generation: every linear layer of the blocks, e.g. q/k/v/o/gate/up/down_proj in Llama; seq2seq: the query "
+        "and value projections, q/v in T5, q_proj/v_proj in BART)."
     )
 
 
@@ -163,7 +166,7 @@ class TrainSection(Section):
     )
     metric: str = Field(
         "auto", description="Metric that picks the best model: auto = accuracy (classification), rmse (regression), "
-        "f1 (extractive_qa) or rouge_l (generation)."
+        "f1 (extractive_qa) or rouge_l (generation, seq2seq)."
     )
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection, description="Early stopping.")
     log_every: int = Field(20, ge=1, description="Write a training-log line every N optimizer steps.")
@@ -198,7 +201,8 @@ class QASection(Section):
 
 
 class GenerationSection(Section):
-    """Generative fine-tuning of a causal LM (task: generation): data shape, chat template, packing, decoding."""
+    """Text-to-text fine-tuning (task: generation, a causal LM; task: seq2seq, an encoder-decoder): data shape, chat
+    template and packing (generation only), decoding."""
 
     messages_column: str = Field("messages", description="Column of chat messages [{role, content}, ...] (docs2qa's "
                                  "chat JSONL); rows without it are read as prompt/completion.")
@@ -206,22 +210,29 @@ class GenerationSection(Section):
     completion_column: str = Field("completion", description="Column of answers, when the data is prompt/completion.")
     system_prompt: str | None = Field(None, description="System message put first in every conversation without one.")
     template: Literal["auto", "plain", "chatml"] = Field(
-        "auto", description="Chat template: auto = the tokenizer's own, else plain ('User: ... / Assistant: ...'); "
-        "plain or chatml override it. Saved with the model's tokenizer."
+        "auto", description="Chat template (generation): auto = the tokenizer's own, else plain ('User: ... / "
+        "Assistant: ...'); plain or chatml override it. Saved with the model's tokenizer."
     )
     packing: bool = Field(
-        False, description="Pack short training conversations into rows of model.max_length tokens; each still "
-        "attends only to itself (positions restart per conversation). Less padding on short data."
+        False, description="Pack short training conversations into rows of model.max_length tokens (generation); "
+        "each still attends only to itself (positions restart per conversation). Less padding on short data."
     )
-    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer in tokens (evaluation and predict).")
+    max_new_tokens: int = Field(
+        128, ge=1, description="Longest generated answer in tokens (evaluation and predict); for seq2seq also the "
+        "longest training target (longer ones are cut, keeping their EOS)."
+    )
     temperature: float = Field(0.0, ge=0, le=5, description="Sampling temperature; 0 = greedy decoding (repeatable).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: sample from the smallest set of tokens "
                          "whose probability reaches top_p (with temperature > 0).")
+    num_beams: int = Field(
+        1, ge=1, le=32, description="Beam search over this many candidates (1 = greedy, or sampling with "
+        "temperature > 0); each beam costs a sequence of decoding work, so evaluation slows about as much."
+    )
 
 
 class SimilaritySection(Section):
     enabled: bool = Field(
-        True, description="Score text answers (extractive_qa, generation) by embedding cosine against the references."
+        True, description="Score text answers (extractive_qa, generation, seq2seq) by embedding cosine against the references."
     )
     model: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2", description="Sentence-embedding model (mean pooling), resolved offline first."
@@ -509,17 +520,19 @@ class Recipe(Section):
     """A whole fine-tuning job: what to learn, from which data, with which model, how, and where to write."""
 
     name: str | None = Field(None, description="Run name; the run directory is <output.dir>/<name>. Default: file stem.")
-    task: Literal["classification", "regression", "extractive_qa", "generation"] = Field(
+    task: Literal["classification", "regression", "extractive_qa", "generation", "seq2seq"] = Field(
         "classification", description="classification: one label per text; regression: one number per text; "
         "extractive_qa: the answer span of a question in a context (SQuAD v1.1 JSON or JSONL); generation: a causal "
-        "LM writes the answer (chat messages or prompt/completion)."
+        "LM writes the answer (chat messages or prompt/completion); seq2seq: an encoder-decoder (T5, BART) writes "
+        "the target of a source (prompt/completion columns or chat messages)."
     )
     model: ModelSection = Field(default_factory=ModelSection, description="Which model to fine-tune.")
     data: DataSection = Field(default_factory=DataSection, description="Where the data is and which columns to use.")
     train: TrainSection = Field(default_factory=TrainSection, description="How to train.")
     qa: QASection = Field(default_factory=QASection, description="Windows and decoding of extractive_qa.")
     generation: GenerationSection = Field(
-        default_factory=GenerationSection, description="Chat template, packing and decoding of task: generation."
+        default_factory=GenerationSection, description="Data columns, chat template, packing and decoding of task: "
+        "generation and seq2seq."
     )
     similarity: SimilaritySection = Field(
         default_factory=SimilaritySection, description="Answer-similarity evaluation of text answers."
@@ -563,6 +576,9 @@ class Recipe(Section):
         if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:
             problems.append(f"train.metric '{self.train.metric}' is not computed for task {self.task}; "
                             f"use one of: auto, {', '.join(METRICS[self.task])}")
+        if self.task == "seq2seq" and (self.generation.packing or self.generation.template != "auto"):
+            problems.append("generation.packing and generation.template are for task generation (a causal LM); an "
+                            "encoder-decoder reads the prompt as plain text: remove them for task: seq2seq")
         if self.similarity.borderline > self.similarity.acceptable:
             problems.append(f"similarity.borderline ({self.similarity.borderline}) must not exceed "
                             f"similarity.acceptable ({self.similarity.acceptable})")

@@ -101,7 +101,7 @@ def find_run(path: str | Path) -> RunDir:
     run = RunDir(Path(path))
     if not run.path.is_dir():
         raise RunDirError(f"run directory not found: {run.path}", "give the folder `slingshot train` wrote, e.g. runs/sst2")
-    # a LoRA generation run keeps its adapter (adapter_config.json) rather than full weights
+    # a LoRA generation or seq2seq run keeps its adapter (adapter_config.json) rather than full weights
     if not (run.model / "config.json").is_file() and not (run.model / "adapter_config.json").is_file():
         raise RunDirError(f"{run.path} has no trained model (model/config.json)",
                           "finish training first (`slingshot train RECIPE --resume` continues an interrupted run)")

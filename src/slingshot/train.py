@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from slingshot.batching import TokenBudgetBatchSampler, padding_fraction
+from slingshot.batching import TokenBudgetBatchSampler, padding_fraction, token_counts
 from slingshot.data import load_data
 from slingshot.errors import RecipeError, RunDirError
-from slingshot.inference import forward_logits
+from slingshot.inference import FORWARD_COLUMNS, forward_logits
 from slingshot.judge import judge_records
 from slingshot.models import count_parameters, load_tokenizer, resolve_model
 from slingshot.progress import TrainProgress
@@ -324,8 +324,9 @@ def train(
                     window_examples = sum(int((b["labels"] if "labels" in b else b["input_ids"]).shape[0])
                                           for b in window)  # examples (pairs for fewshot, windows for QA)
                     window_items = max(sum(task.loss_items(b) for b in window), 1)
-                    window_real = sum(int(b["attention_mask"].sum()) for b in window)
-                    window_padded = sum(int(b["attention_mask"].numel()) for b in window)
+                    batch_tokens = [token_counts(b) for b in window]  # (real, padded) per batch
+                    window_real = sum(real for real, _ in batch_tokens)
+                    window_padded = sum(padded for _, padded in batch_tokens)
                     loss_scale = 1 / window_items
                     if accelerator.num_processes > 1:
                         # Across processes too: DDP averages gradients, so dividing by the items of all
@@ -542,7 +543,9 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype) -> dict[str, Any]:
     """Metrics (with loss) and outputs of a model on one prepared split."""
-    logits = forward_logits(model, encoded, collate, forward=task.forward, device=device, autocast_dtype=amp_dtype)
+    columns = task.forward_columns if isinstance(task, GeneratingTask) else FORWARD_COLUMNS
+    logits = forward_logits(model, encoded, collate, forward=task.forward, device=device, autocast_dtype=amp_dtype,
+                            columns=columns)
     if isinstance(task, GeneratingTask):  # answers are decoded token by token; the forward pass gave the loss
         outputs = task.generate(model, encoded, collate, device, amp_dtype)
     else:

@@ -11,7 +11,9 @@ from slingshot.recipe import Recipe
 
 # Encoders read the whole text in both directions, which is what labelling a text needs; the GLUE figures on
 # their cards are for exactly this. Decoders can classify too (a head on the last token) at many times the cost.
-KIND_ORDER = {"classification": ("encoder", "decoder", "seq2seq"), "regression": ("encoder", "decoder", "seq2seq")}
+# Task generation trains causal LMs only (AutoModelForCausalLM) and task seq2seq encoder-decoders only.
+KIND_ORDER = {"classification": ("encoder", "decoder", "seq2seq"), "regression": ("encoder", "decoder", "seq2seq"),
+              "generation": ("decoder",), "seq2seq": ("seq2seq",)}
 SMALLEST_TOKENS_PER_BATCH = 128
 
 

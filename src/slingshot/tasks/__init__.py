@@ -84,8 +84,10 @@ class Task(Protocol):
 
 @runtime_checkable
 class GeneratingTask(Protocol):
-    """A task whose predictions are decoded token by token (generation): it has `generate` instead of `outputs`,
-    and its `forward` gives what the evaluation loss needs."""
+    """A task whose predictions are decoded token by token (generation, seq2seq): it has `generate` instead of
+    `outputs`, and its `forward` gives what the evaluation loss needs."""
+
+    forward_columns: tuple[str, ...]  # columns of a prepared row that `forward` reads (seq2seq: the labels too)
 
     def generate(self, model: torch.nn.Module, encoded: Dataset, collate, device: torch.device,
                  autocast_dtype: torch.dtype | None) -> Any:
@@ -101,6 +103,7 @@ def get_task(name: str, recipe: Recipe | None = None, method: str | None = None)
     from slingshot.tasks.extractive_qa import ExtractiveQATask
     from slingshot.tasks.fewshot import FewShotTask
     from slingshot.tasks.generation import GenerationTask
+    from slingshot.tasks.seq2seq import Seq2SeqTask
 
     method = method or (recipe.train.method if recipe is not None else "full")
     if method == "fewshot":
@@ -113,6 +116,8 @@ def get_task(name: str, recipe: Recipe | None = None, method: str | None = None)
         "extractive_qa": ExtractiveQATask(recipe.qa if recipe is not None else QASection()),
         "generation": GenerationTask(recipe.generation if recipe is not None else GenerationSection(),
                                      seed=recipe.train.seed if recipe is not None else 0),
+        "seq2seq": Seq2SeqTask(recipe.generation if recipe is not None else GenerationSection(),
+                               seed=recipe.train.seed if recipe is not None else 0),
     }
     if name not in tasks:
         raise RecipeError(f"unknown task '{name}'", f"use one of: {', '.join(tasks)}")

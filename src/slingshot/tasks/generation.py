@@ -110,6 +110,15 @@ def stop_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def decoding_options(settings: GenerationSection) -> dict[str, Any]:
+    """model.generate's options of the recipe's decoding: greedy or beam search at temperature 0, else sampling."""
+    options: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "num_beams": settings.num_beams,
+                               "do_sample": settings.temperature > 0}
+    if settings.temperature > 0:
+        options.update(temperature=settings.temperature, top_p=settings.top_p)
+    return options
+
+
 @torch.inference_mode()
 def generate_answers(model: torch.nn.Module, tokenizer, prompts: list[list[int]], settings: GenerationSection, *,
                      device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
@@ -117,17 +126,16 @@ def generate_answers(model: torch.nn.Module, tokenizer, prompts: list[list[int]]
     """Answer text for each prompt (token ids), in input order, with whether it stopped at EOS and its length.
 
     Prompts are batched by length under a token budget and left-padded, so each continues from its last token.
-    temperature 0 decodes greedily; above 0 samples (top_p nucleus), seeded without touching the global RNG.
+    temperature 0 decodes greedily (or by beam search, num_beams > 1); above 0 samples (top_p nucleus), seeded
+    without touching the global RNG.
     """
     device = torch.device(device)
     stops = stop_token_ids(model, tokenizer)
     lengths = [len(p) for p in prompts]
-    batches = token_budget_batches([n + settings.max_new_tokens for n in lengths], EVAL_TOKENS_PER_BATCH,
-                                   EVAL_MAX_BATCH_SIZE, shuffle=False)
-    options: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "eos_token_id": stops,
-                               "pad_token_id": tokenizer.pad_token_id, "do_sample": settings.temperature > 0}
-    if settings.temperature > 0:
-        options.update(temperature=settings.temperature, top_p=settings.top_p)
+    # every beam is a sequence of its own: the budget counts them all
+    batches = token_budget_batches([(n + settings.max_new_tokens) * settings.num_beams for n in lengths],
+                                   EVAL_TOKENS_PER_BATCH, EVAL_MAX_BATCH_SIZE, shuffle=False)
+    options = decoding_options(settings) | {"eos_token_id": stops, "pad_token_id": tokenizer.pad_token_id}
     texts, stopped, new_tokens = [""] * len(prompts), [False] * len(prompts), [0] * len(prompts)
     was_training = model.training
     model.eval()
@@ -153,14 +161,83 @@ def generate_answers(model: torch.nn.Module, tokenizer, prompts: list[list[int]]
 
 
 def load_adapter_model(path: Path) -> torch.nn.Module:
-    """The base model a LoRA run adapted, with the run's adapter on top (not merged). Raises ModelError."""
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM
+    """The base model a LoRA run adapted (a causal LM, or an encoder-decoder for a seq2seq adapter), with the run's
+    adapter on top (not merged). Raises ModelError."""
+    from peft import PeftConfig, PeftModel, TaskType
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    base = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
-    resolved = resolve_model(base)  # the folder it was trained from, or the same id in the cache
-    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=torch.float32)
+    config = PeftConfig.from_pretrained(str(path))
+    resolved = resolve_model(config.base_model_name_or_path)  # the folder it was trained from, or the id in the cache
+    auto_class = AutoModelForSeq2SeqLM if config.task_type == TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
+    model = auto_class.from_pretrained(str(resolved.path), dtype=torch.float32)
     return PeftModel.from_pretrained(model, str(path))
+
+
+def pretrained_options(method: str) -> dict[str, Any]:
+    """from_pretrained options for a training method: 4-bit base weights (qlora), the checkpoint's own dtype (lora on
+    a GPU), else fp32."""
+    if method == "qlora":
+        return {"quantization_config": qlora_quantization()}
+    if method == "lora" and torch.cuda.is_available():
+        return {"dtype": "auto"}  # the base is frozen: keep the checkpoint's bf16/fp16 and half the memory
+    return {"dtype": torch.float32}  # AdamW needs fp32 weights; bf16 speed comes from autocast
+
+
+def adapt(model: torch.nn.Module, recipe: Recipe, task_type, default_targets: list[str] | str) -> torch.nn.Module:
+    """LoRA adapters (after QLoRA's preparation of a 4-bit model) when train.method asks for them; else the model."""
+    method = recipe.train.method
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA's recipe (Dettmers et al. 2023): norms in fp32, gradient checkpointing always on
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method in ("lora", "qlora"):
+        model = apply_lora(model, recipe, task_type, default_targets=default_targets)
+    return model
+
+
+def save_generator(model: torch.nn.Module, tokenizer, path: Path) -> None:
+    """Full weights, or a LoRA run's adapter alone (megabytes, not gigabytes): `slingshot export RUN --merge`
+    writes merged weights when a folder without PEFT is wanted."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(str(path))  # adapter_config.json names the base model's folder
+    else:
+        model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+
+
+def answer_metrics(outputs: dict[str, list]) -> dict[str, Any]:
+    """EM, F1 and ROUGE-L of the answered rows, the share of answers that ended at EOS, their mean length, and the
+    number of inputs cut at model.max_length."""
+    answered = [i for i, gold in enumerate(outputs["gold"]) if gold]
+    metrics = generation_metrics([outputs["predicted"][i] for i in answered], [outputs["gold"][i] for i in answered])
+    count = max(len(outputs["predicted"]), 1)
+    metrics["stopped_at_eos"] = sum(outputs["stopped_at_eos"]) / count
+    metrics["mean_new_tokens"] = sum(outputs["new_tokens"]) / count
+    metrics["truncated"] = sum(outputs["truncated"])
+    return metrics
+
+
+def answer_records(dataset: Dataset, outputs: dict[str, list]) -> list[dict]:
+    """One predictions.jsonl line per conversation: row, prompt (last user turn), gold, predicted, stop."""
+    rows = []
+    for i, example in enumerate(dataset.to_list()):
+        asked = prompt_messages(example["messages"])
+        record: dict[str, Any] = {"row": example["row"],
+                                  "prompt": next(m["content"] for m in reversed(asked) if m["role"] == "user")}
+        if len(asked) > 1:
+            record["context"] = asked[:-1]  # system prompt and earlier turns
+        if outputs["gold"][i]:
+            record["gold"] = outputs["gold"][i]
+        record.update(predicted=outputs["predicted"][i], stopped_at_eos=outputs["stopped_at_eos"][i],
+                      new_tokens=outputs["new_tokens"][i])
+        if outputs["truncated"][i]:
+            record["truncated"] = True  # longer than model.max_length: trained and prompted on a cut version
+        rows.append(record)
+    return rows
 
 
 class GenerationTask:
@@ -169,6 +246,7 @@ class GenerationTask:
     name = "generation"
     text_answers = True  # predictions are text: answer-similarity evaluation applies
     batch_columns = ("input_ids", "attention_mask", "labels", "position_ids")
+    forward_columns = ("input_ids", "attention_mask")  # what `forward` reads of an evaluation row
 
     def __init__(self, settings: GenerationSection, seed: int = 0):
         self.settings = settings
@@ -231,32 +309,16 @@ class GenerationTask:
     # ------------------------------------------------------------------------------------------- model
 
     def build_model(self, resolved: ResolvedModel, recipe: Recipe, label_names: list[str] | None) -> torch.nn.Module:
+        from peft import TaskType
         from transformers import AutoModelForCausalLM
 
-        method = recipe.train.method
-        if method == "qlora":
-            options: dict[str, Any] = {"quantization_config": qlora_quantization()}
-        elif method == "lora" and torch.cuda.is_available():
-            options = {"dtype": "auto"}  # the base is frozen: keep the checkpoint's bf16/fp16 and half the memory
-        else:
-            options = {"dtype": torch.float32}  # AdamW needs fp32 weights; bf16 speed comes from autocast
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **options)
+            model = AutoModelForCausalLM.from_pretrained(str(resolved.path), **pretrained_options(recipe.train.method))
         except (ValueError, OSError) as exc:
             raise ModelError(f"{resolved.name} cannot be used for generation: {str(exc).splitlines()[0][:200]}",
-                             "choose a decoder (causal LM) such as GPT-2, Llama, Qwen2.5, SmolLM2 or Phi") from None
-        if method == "qlora":
-            from peft import prepare_model_for_kbit_training
-
-            # QLoRA's recipe (Dettmers et al. 2023): norms in fp32, gradient checkpointing always on
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
-        if method in ("lora", "qlora"):
-            from peft import TaskType
-
-            model = apply_lora(model, recipe, TaskType.CAUSAL_LM,
-                               default_targets=LORA_TARGETS.get(model.config.model_type, "all-linear"))
-        return model
+                             "choose a decoder (causal LM) such as GPT-2, Llama, Qwen2.5, SmolLM2 or Phi; for an "
+                             "encoder-decoder (T5, BART) use task: seq2seq") from None
+        return adapt(model, recipe, TaskType.CAUSAL_LM, LORA_TARGETS.get(model.config.model_type, "all-linear"))
 
     def load_model(self, path: Path) -> torch.nn.Module:
         """The run's model; a LoRA run's adapter is merged into its base in memory (plain forward speed)."""
@@ -309,13 +371,7 @@ class GenerationTask:
         return outputs
 
     def metrics(self, outputs: dict[str, list], encoded: Dataset, label_names: list[str] | None) -> dict[str, Any]:
-        answered = [i for i, gold in enumerate(outputs["gold"]) if gold]
-        metrics = generation_metrics([outputs["predicted"][i] for i in answered], [outputs["gold"][i] for i in answered])
-        count = max(len(outputs["predicted"]), 1)
-        metrics["stopped_at_eos"] = sum(outputs["stopped_at_eos"]) / count
-        metrics["mean_new_tokens"] = sum(outputs["new_tokens"]) / count
-        metrics["truncated"] = sum(outputs["truncated"])
-        return metrics
+        return answer_metrics(outputs)
 
     def eval_loss(self, logits: list[np.ndarray], encoded: Dataset) -> float:
         """Mean cross-entropy per answer token, as in training."""
@@ -327,32 +383,10 @@ class GenerationTask:
         return total / tokens if tokens else 0.0
 
     def records(self, dataset: Dataset, outputs: dict[str, list], label_names: list[str] | None) -> list[dict]:
-        """One predictions.jsonl line per conversation: row, prompt (last user turn), gold, predicted, stop."""
-        rows = []
-        for i, example in enumerate(dataset.to_list()):
-            asked = prompt_messages(example["messages"])
-            record: dict[str, Any] = {"row": example["row"],
-                                      "prompt": next(m["content"] for m in reversed(asked) if m["role"] == "user")}
-            if len(asked) > 1:
-                record["context"] = asked[:-1]  # system prompt and earlier turns
-            if outputs["gold"][i]:
-                record["gold"] = outputs["gold"][i]
-            record.update(predicted=outputs["predicted"][i], stopped_at_eos=outputs["stopped_at_eos"][i],
-                          new_tokens=outputs["new_tokens"][i])
-            if outputs["truncated"][i]:
-                record["truncated"] = True  # longer than model.max_length: trained and prompted on a cut version
-            rows.append(record)
-        return rows
+        return answer_records(dataset, outputs)
 
     # ------------------------------------------------------------------------------------------- saving
 
     def save(self, model: torch.nn.Module, tokenizer, path: Path, adapter_path: Path | None = None) -> None:
-        """Full weights, or a LoRA run's adapter alone (megabytes, not gigabytes): `slingshot export RUN --merge`
-        writes merged weights when a folder without PEFT is wanted. The tokenizer carries the chat template."""
-        from peft import PeftModel
-
-        if isinstance(model, PeftModel):
-            model.save_pretrained(str(path))  # adapter_config.json names the base model's folder
-        else:
-            model.save_pretrained(str(path), safe_serialization=True)
-        tokenizer.save_pretrained(str(path))
+        """Full weights or the LoRA adapter alone (save_generator); the tokenizer carries the chat template."""
+        save_generator(model, tokenizer, path)
