@@ -298,3 +298,28 @@ def test_plan_and_inspect_read_a_seq2seq_recipe(tmp_path, tiny_t5):
     assert report.splits["train"].token_lengths["max"] == max(len(load_tokenizer(tiny_t5)(p["prompt"])["input_ids"])
                                                             for p in qa_pairs())
     assert any("answers longer than generation.max_new_tokens=3" in p.check for p in report.problems)
+
+
+def test_serve_answers_prompts_and_chats_with_a_seq2seq_run(tmp_path, tiny_t5):
+    import httpx
+    import openai
+    from test_serve import Server
+
+    from slingshot.evaluate import predict_prompts
+    from slingshot.serve import ServeLimits
+
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_pairs())
+    run = train(s2s_recipe(tmp_path, tiny_t5, data), show_progress=False).run.path
+    server = Server(run, ServeLimits(max_text_chars=300, max_new_tokens=32))
+    try:
+        prompts = [pair["prompt"] for pair in qa_pairs()[:3]]
+        expected = [record["predicted"] for record in predict_prompts(server.loaded, prompts)]
+        batched = httpx.post(f"{server.url}/v1/predict", json={"prompts": prompts}).json()
+        assert [p["text"] for p in batched["predictions"]] == expected
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(model="any", messages=[{"role": "user", "content": prompts[1]}])
+        assert answer.choices[0].message.content == expected[1]
+        assert httpx.get(f"{server.url}/v1/model").json()["task"] == "seq2seq"
+        assert httpx.post(f"{server.url}/v1/predict", json={"texts": ["x"]}).status_code == 422
+    finally:
+        server.stop()

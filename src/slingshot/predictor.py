@@ -198,12 +198,15 @@ class GenerationPredictor:
         self.loaded = loaded
         self.backend = backend
         self.settings = loaded.recipe.generation
-        loaded.tokenizer.chat_template = choose_template(loaded.tokenizer, self.settings.template)  # as prepare does
+        # seq2seq: the encoder reads the conversation as one plain text; the decoder writes from its own start
+        self.seq2seq = loaded.task.name == "seq2seq"
+        if not self.seq2seq:
+            loaded.tokenizer.chat_template = choose_template(loaded.tokenizer, self.settings.template)  # as prepare
         self.max_length = min(loaded.recipe.model.max_length, _model_max_length(loaded.tokenizer))
         config = loaded.model.config
         # GPT-2's learned positions end at n_positions: a longer sequence fails, so answers are cut to fit
-        self.positions: int | None = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings",
-                                                                                      None)
+        self.positions: int | None = None if self.seq2seq else (
+            getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None))
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.model = loaded.model
         self.name = _name(loaded, backend, False, self.autocast_dtype)
@@ -220,6 +223,10 @@ class GenerationPredictor:
         """Token ids of the conversation followed by the generation prompt: what the model continues."""
         from slingshot.chat_template import encode_prompt
 
+        if self.seq2seq:
+            from slingshot.chat_data import source_text
+
+            return self.loaded.tokenizer(source_text(messages))["input_ids"]
         return encode_prompt(self.loaded.tokenizer, messages)
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int | None = None,
@@ -239,7 +246,10 @@ class GenerationPredictor:
         longest = max(len(prompt) for prompt in prompts)
         if self.positions is not None and longest + settings.max_new_tokens > self.positions:
             settings = settings.model_copy(update={"max_new_tokens": max(self.positions - longest, 1)})
-        outputs = generate_answers(self.model, self.loaded.tokenizer, prompts, settings,
+        from slingshot.tasks.seq2seq import generate_targets
+
+        decode = generate_targets if self.seq2seq else generate_answers
+        outputs = decode(self.model, self.loaded.tokenizer, prompts, settings,
                                    autocast_dtype=self.autocast_dtype,
                                    seed=self.loaded.recipe.train.seed if seed is None else seed)
         return [{"text": text, "stopped_at_eos": stopped, "prompt_tokens": len(prompt), "completion_tokens": new}
@@ -251,7 +261,7 @@ def load_predictor(loaded, backend: Backend = "torch", precision: Precision = "f
                    threads: int | None = None) -> Predictor | QAPredictor | GenerationPredictor:
     """The predictor of the run's task. Raises SlingshotError for a task without one."""
     kinds: dict[str, type] = {"classification": Predictor, "regression": Predictor, "extractive_qa": QAPredictor,
-                              "generation": GenerationPredictor}
+                              "generation": GenerationPredictor, "seq2seq": GenerationPredictor}
     if loaded.task.name not in kinds:
         raise SlingshotError(f"{loaded.run.path} is a {loaded.task.name} run, which has no prediction path yet",
                              f"predictions are served for {', '.join(kinds)} runs")

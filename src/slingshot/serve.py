@@ -278,7 +278,7 @@ class GenerationRoutes:
 def routes_for(predictor, loaded, limits: ServeLimits):
     """The routes of the run's task: what /v1/predict and /v1/chat/completions read and answer."""
     kinds = {"classification": LabelRoutes, "regression": LabelRoutes, "extractive_qa": QARoutes,
-             "generation": GenerationRoutes}
+             "generation": GenerationRoutes, "seq2seq": GenerationRoutes}
     return kinds[loaded.task.name](predictor, loaded, limits)
 
 

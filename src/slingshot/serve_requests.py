@@ -28,6 +28,7 @@ FIELDS = {
     "extractive_qa": ("question", "context", "inputs"),
     "generation": ("prompt", "prompts", "max_new_tokens", "temperature", "top_p", "seed"),
 }
+FIELDS["seq2seq"] = FIELDS["generation"]
 EXPECTS = {
     "classification": "send texts (a list of strings) or text",
     "regression": "send texts (a list of strings) or text",
@@ -35,6 +36,7 @@ EXPECTS = {
     "generation": "send prompt (a string) or prompts (a list of strings), optionally max_new_tokens, temperature, "
                   "top_p, seed",
 }
+EXPECTS["seq2seq"] = EXPECTS["generation"]
 QUESTION_MARK = "\n\nQuestion: "  # docs2qa writes a question with its context as "<context>\n\nQuestion: <question>"
 TEMPERATURE_RANGE = (0.0, 2.0)  # OpenAI's range
 
