@@ -214,3 +214,13 @@ def test_resume_with_weight_averaging_matches_an_uninterrupted_run(tmp_path, tin
     a, b = weights(straight.run.model), weights(resumed.run.model)
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def test_frozen_embeddings_stay_as_pretrained_while_the_rest_learns(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, epochs=2, freeze_embeddings=True)  # random embeddings: no accuracy
+    before, after = weights(tiny_bert), weights(result.run.model)
+    base = {key.removeprefix("bert."): value for key, value in before.items()}
+    key = "bert.embeddings.word_embeddings.weight"
+    torch.testing.assert_close(after[key], base[key.removeprefix("bert.")])
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(after[layer], base[layer.removeprefix("bert.")])

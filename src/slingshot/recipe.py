@@ -136,6 +136,10 @@ class TrainSection(Section):
         None, gt=0, le=1, description="Layer-wise learning-rate decay: the head trains at lr, each layer below at "
         "this factor times the layer above, embeddings last; null = one learning rate for all.",
     )
+    freeze_embeddings: bool = Field(
+        False, description="Keep the input word embeddings as pretrained (full fine-tuning): in a small encoder "
+        "they are half the weights, so no gradient or AdamW state for them (~140 MB less for MiniLM) and faster steps.",
+    )
     ema: float | None = Field(
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights with this decay (e.g. "
         "0.999) and evaluate and save it instead of the raw weights; null = off. Costs one copy of the weights.",

@@ -241,6 +241,8 @@ def train(
     loader = DataLoader(train_split.select_columns(model_columns), batch_sampler=sampler, collate_fn=collate,
                         generator=torch.Generator().manual_seed(recipe.train.seed))
 
+    if recipe.train.freeze_embeddings and recipe.train.method == "full":
+        model.get_input_embeddings().weight.requires_grad_(False)
     # fused: one kernel per step and no full-size temporaries (foreach AdamW briefly holds extra copies)
     optimizer = torch.optim.AdamW(
         decay_groups(model, recipe.train.weight_decay, recipe.train.loop_lr, recipe.train.layer_decay),
