@@ -108,6 +108,15 @@ def train_student(work: Path, name: str, train_file: Path, *, gold: Path | None,
     return result.metrics, result.run.path, time.perf_counter() - start
 
 
+def final_train_loss(run: Path) -> float | None:
+    """The last logged training loss: tells runs apart that end with the same dev predictions."""
+    import json
+
+    losses = [json.loads(line).get("loss") for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [loss for loss in losses if loss is not None]
+    return losses[-1] if losses else None
+
+
 def gold_predictions(run: Path) -> list[int]:
     import json
 
@@ -148,7 +157,8 @@ def student_vs_teacher(args, work: Path) -> dict:
         metrics, run, wall = train_student(work, f"student-{index}", files[source], gold=dev, epochs=args.epochs,
                                            **options)
         student = np.asarray(gold_predictions(run))
-        entry = {"student_dev_accuracy": metrics["gold"]["accuracy"], "train_wall_s": round(wall, 1),
+        entry = {"student_dev_accuracy": metrics["gold"]["accuracy"], "student_dev_loss": metrics["gold"].get("loss"),
+                 "final_train_loss": final_train_loss(run), "train_wall_s": round(wall, 1),
                  "training_rows": len(texts) if "min_confidence" not in options else int(kept.sum())}
         if teacher is not None:
             teacher_answers = np.asarray(teacher_dev[teacher])
