@@ -175,6 +175,13 @@ def test_flops_and_time_by_hand():
     assert timing.optimizer_time_s == pytest.approx(200 * trainable * 28 / 2e9)
     assert timing.step_overhead_s == pytest.approx(200 * estimate.STEP_OVERHEAD_S["cpu"])
     assert cost_per_1000_predictions_usd(timing.prediction_ms, 3.6) == pytest.approx(timing.prediction_ms / 1000)
+    assert timing.adapter_time_s == 0.0  # full fine-tuning has no adapters
+    adapted = time_estimate(SMALL, lora, workload, matmul_gflops=10.0, memory_bandwidth_gb_s=2.0)
+    adapters = SMALL.layers * (4 if SMALL.family in estimate.LORA_ADAPTS_OUTPUT_PROJECTION else 3)
+    assert adapted.adapter_time_s == pytest.approx(
+        adapters * processed * SMALL.hidden * estimate.LORA_BYTES_PER_ADAPTED_VALUE / 2e9)
+    assert adapted.train_time_s == pytest.approx(adapted.matmul_time_s + adapted.optimizer_time_s
+                                                 + adapted.step_overhead_s + adapted.adapter_time_s)
 
 
 # ------------------------------------------------------------------------------------------------ hardware
