@@ -224,3 +224,16 @@ def test_frozen_embeddings_stay_as_pretrained_while_the_rest_learns(tmp_path, ti
     torch.testing.assert_close(after[key], base[key.removeprefix("bert.")])
     layer = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(after[layer], base[layer.removeprefix("bert.")])
+
+
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_a_run_whose_last_evaluation_is_best_saves_and_reports_those_weights(tmp_path, tiny_bert, toy_data, ema):
+    from slingshot.evaluate import evaluate_file, load_run
+
+    # one epoch: the only evaluation is the last and the best, so the weights in memory are saved as they are
+    result = run(tmp_path, tiny_bert, toy_data, epochs=1, precision="fp32", ema=ema)
+    assert result.metrics["best_step"] == result.summary["optimizer_steps"]
+    again, _, _ = evaluate_file(load_run(str(result.run.path)), str(toy_data["eval"]))
+    # the loss tells the averaged weights from the raw ones, which accuracy might not
+    assert again["loss"] == pytest.approx(result.metrics["eval"]["loss"], rel=1e-5)
+    assert again["accuracy"] == result.metrics["eval"]["accuracy"]
