@@ -9,7 +9,7 @@ from conftest import SST2, minilm_path, toy_recipe, write_csv
 
 from slingshot.errors import DataError, RecipeError
 from slingshot.recipe import recipe_from_dict
-from slingshot.tasks.fewshot import generate_pairs, logistic_head
+from slingshot.tasks.fewshot import distinct_pairs, generate_pairs, logistic_head
 from slingshot.train import train
 
 # ------------------------------------------------------------------------------------------- pair generation
@@ -61,6 +61,41 @@ def test_a_class_with_one_example_is_refused_with_a_hint():
     assert "one more example" in error.value.hint
     with pytest.raises(DataError, match="two classes"):
         generate_pairs([0, 0, 0], iterations=1, seed=0)
+
+
+def test_distinct_pairs_use_every_pair_once_and_repeat_the_scarcer_kind_to_balance():
+    labels = [0] * 8 + [1] * 8  # 2 x 28 same-label pairs, 64 cross-label pairs
+    pairs = distinct_pairs(labels, seed=0)
+    assert len(pairs) == 2 * 64  # as many positives as the 64 negatives: SetFit's 'oversampling'
+    assert [target for _, _, target in pairs[:4]] == [1.0, 0.0, 1.0, 0.0]  # alternating
+    unordered = Counter(frozenset((a, b)) for a, b, _ in pairs)
+    assert len(unordered) == 56 + 64  # every distinct pair appears
+    assert all(a != b and (labels[a] == labels[b]) == (t == 1.0) for a, b, t in pairs)
+    negatives = Counter(frozenset((a, b)) for a, b, t in pairs if t == 0.0)
+    assert set(negatives.values()) == {1}  # the plentiful kind is used exactly once
+    assert len(distinct_pairs([0] * 8 + [1] * 8 + [2] * 8, seed=0)) == 2 * 192  # 3 classes: 192 cross pairs
+
+
+def test_distinct_pairs_are_seeded_and_capped_in_balance():
+    labels = [0] * 10 + [1] * 10
+    assert distinct_pairs(labels, seed=3) == distinct_pairs(labels, seed=3) != distinct_pairs(labels, seed=4)
+    capped = distinct_pairs(labels, seed=0, max_pairs=31)
+    assert len(capped) == 30 and Counter(t for _, _, t in capped) == {1.0: 15, 0.0: 15}
+    with pytest.raises(DataError, match="single training example"):
+        distinct_pairs([0, 0, 1], seed=0)
+
+
+def test_too_many_distinct_pairs_to_list_are_drawn_at_random_or_refused_without_a_limit(monkeypatch):
+    import slingshot.tasks.fewshot as fewshot
+
+    monkeypatch.setattr(fewshot, "ENUMERATED_PAIRS", 100)
+    labels = [0] * 10 + [1] * 10  # 190 distinct pairs
+    drawn = distinct_pairs(labels, seed=0, max_pairs=40)
+    assert len(drawn) == 40 and Counter(t for _, _, t in drawn) == {1.0: 20, 0.0: 20}
+    assert all(a != b and (labels[a] == labels[b]) == (t == 1.0) for a, b, t in drawn)
+    with pytest.raises(DataError, match="190 distinct pairs") as error:
+        distinct_pairs(labels, seed=0, max_pairs=None)
+    assert "max_pairs" in error.value.hint
 
 
 def test_logistic_head_as_a_linear_layer_gives_scikit_learns_probabilities():
@@ -133,6 +168,14 @@ def test_linear_head_learns_the_toy_task(tmp_path, tiny_bert, toy_data):
     result = train(fewshot_recipe(tmp_path, tiny_bert, toy_data, head="linear", head_epochs=300),
                    show_progress=False)
     assert result.metrics["eval"]["accuracy"] >= 0.85
+
+
+def test_fewshot_batches_hold_at_most_batch_size_pairs_whatever_max_batch_size_says(tmp_path, tiny_bert, toy_data):
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, method="fewshot", max_batch_size=64)
+    raw["train"]["fewshot"] = {"epochs": 1, "pair_iterations": 1, "batch_size": 8}
+    result = train(recipe_from_dict(raw), show_progress=False)
+    assert result.summary["train_rows"] == 2 * 160
+    assert result.summary["optimizer_steps"] >= 320 // 8
 
 
 def test_fewshot_trains_from_two_examples_per_class(tmp_path, tiny_bert, toy_data):

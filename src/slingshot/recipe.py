@@ -99,13 +99,18 @@ class EarlyStoppingSection(Section):
 class FewShotSection(Section):
     """Contrastive few-shot training (method: fewshot): the approach SetFit published (Tunstall et al., 2022)."""
 
-    pair_iterations: int = Field(
-        5, ge=1, description="Rounds of pair generation: each round gives every example one same-label (positive) "
-        "and one other-label (negative) partner, so pairs = 2 x rounds x examples.",
+    pair_iterations: int | None = Field(
+        None, ge=1, description="null: every distinct pair of examples once, the scarcer kind (same-label or "
+        "other-label) repeated to balance, as SetFit does by default (~examples^2 / 2 pairs). A number: that many "
+        "rounds, each giving every example one same-label and one other-label partner (2 x rounds x examples pairs).",
     )
     max_pairs: int | None = Field(
-        4000, ge=2, description="Most pairs trained on (a seeded, still balanced subset); keeps large training sets "
-        "affordable. null = no limit.",
+        10_000, ge=2, description="Most pairs trained on (a seeded, still balanced subset); keeps large training sets "
+        "affordable. 10,000 keeps all 8,192 distinct pairs of 64 examples per class in two classes. null = no limit.",
+    )
+    batch_size: int = Field(
+        16, ge=1, description="Most pairs per batch (replaces train.max_batch_size for method fewshot; the token "
+        "budget still applies). SetFit's 16: smaller batches mean more steps at the same learning rate.",
     )
     lr: float = Field(
         2e-5, gt=0, description="Learning rate of the body during contrastive training (replaces train.lr, which "
@@ -184,6 +189,11 @@ class TrainSection(Section):
     def loop_lr(self) -> float:
         """The learning rate the loop uses: fewshot.lr for method fewshot, else lr."""
         return self.fewshot.lr if self.method == "fewshot" else self.lr
+
+    @property
+    def loop_max_batch_size(self) -> int:
+        """The most rows per training batch: pairs (fewshot.batch_size) for method fewshot, else max_batch_size."""
+        return self.fewshot.batch_size if self.method == "fewshot" else self.max_batch_size
 
     @property
     def loop_epochs(self) -> float:

@@ -231,7 +231,7 @@ def train(
     # Batches: length-sorted pools under a token budget, reshuffled every epoch from seed + epoch.
     train_split = encoded["train"]
     sampler = TokenBudgetBatchSampler(
-        train_split["length"], recipe.train.tokens_per_batch, recipe.train.max_batch_size,
+        train_split["length"], recipe.train.tokens_per_batch, recipe.train.loop_max_batch_size,
         shuffle=True, seed=recipe.train.seed,
     )
     collate = task.collator(tokenizer)

@@ -30,6 +30,7 @@ from slingshot.tasks.classification import ClassificationTask
 
 HEAD_FILE = "head.safetensors"
 HEAD_INFO_FILE = "fewshot_head.json"
+ENUMERATED_PAIRS = 2_000_000  # distinct pairs listed in memory at most (two int64 indices each: 32 MB)
 
 
 # ---------------------------------------------------------------------------------------------------- pairs
@@ -46,13 +47,8 @@ def generate_pairs(labels, iterations: int, seed: int, max_pairs: int | None = N
         DataError: fewer than two classes, or a class with a single example (it has no positive partner).
     """
     labels = np.asarray(labels)
+    _check_pairable(labels)
     classes, class_of, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    if len(classes) < 2:
-        raise DataError("few-shot pairs need at least two classes", "label examples of two or more classes")
-    if counts.min() < 2:
-        lonely = classes[counts.argmin()]
-        raise DataError(f"class {lonely!r} has a single training example; few-shot pairs need 2 per class",
-                        "label at least one more example of that class")
     # Examples grouped by class in one array: class c occupies order[start[c] : start[c] + counts[c]].
     order = np.argsort(class_of, kind="stable")
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -80,6 +76,54 @@ def generate_pairs(labels, iterations: int, seed: int, max_pairs: int | None = N
             pairs.append((anchor, positive, 1.0))
             pairs.append((anchor, negative, 0.0))
     return pairs
+
+
+def distinct_pairs(labels, seed: int, max_pairs: int | None = None) -> list[tuple[int, int, float]]:
+    """Every distinct pair of examples once, balanced: SetFit's default ('oversampling', num_iterations unset).
+
+    Pairs of the scarcer kind (usually same-label) are repeated, in the same seeded order, until there are as many
+    as of the other kind; positives and negatives alternate. `max_pairs` keeps a seeded, still balanced subset.
+    Unlike SetFit, an example is never paired with itself (SetFit's 'combinations with replacement' adds n such
+    pairs). n examples give about n^2/2 pairs against 2 x rounds x n for `generate_pairs`. When there are more than
+    ENUMERATED_PAIRS distinct pairs, `max_pairs` of them are drawn at random (`generate_pairs`) instead of listed:
+    from that many, a draw seldom repeats one.
+
+    Raises:
+        DataError: fewer than two classes, a class with a single example, or too many pairs to list without a limit.
+    """
+    labels = np.asarray(labels)
+    _check_pairable(labels)
+    if len(labels) * (len(labels) - 1) // 2 > ENUMERATED_PAIRS:
+        if max_pairs is None:
+            raise DataError(f"{len(labels):,} training examples make {len(labels) * (len(labels) - 1) // 2:,} "
+                            "distinct pairs, too many to train on every one",
+                            "set train.fewshot.max_pairs (e.g. 10000) or train.fewshot.pair_iterations")
+        return generate_pairs(labels, -(-max_pairs // (2 * len(labels))), seed, max_pairs)
+    first, second = np.triu_indices(len(labels), k=1)  # every unordered pair of two different examples
+    order = np.random.default_rng(seed).permutation(len(first))
+    first, second = first[order], second[order]
+    same = labels[first] == labels[second]
+    positives = np.stack([first[same], second[same]], axis=1)  # (pairs, 2)
+    negatives = np.stack([first[~same], second[~same]], axis=1)
+    each = max(len(positives), len(negatives))
+    if max_pairs is not None:
+        each = min(each, max_pairs // 2)
+    positives, negatives = np.resize(positives, (each, 2)), np.resize(negatives, (each, 2))  # resize repeats rows
+    pairs: list[tuple[int, int, float]] = []
+    for (a, b), (c, d) in zip(positives.tolist(), negatives.tolist()):
+        pairs.append((a, b, 1.0))
+        pairs.append((c, d, 0.0))
+    return pairs
+
+
+def _check_pairable(labels: np.ndarray) -> None:
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise DataError("few-shot pairs need at least two classes", "label examples of two or more classes")
+    if counts.min() < 2:
+        lonely = classes[counts.argmin()]
+        raise DataError(f"class {lonely!r} has a single training example; few-shot pairs need 2 per class",
+                        "label at least one more example of that class")
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -204,8 +248,11 @@ class FewShotTask:
             return encoded
         examples = encoded["train"]
         settings = recipe.train.fewshot
-        pairs = generate_pairs(examples["labels"], settings.pair_iterations, recipe.train.seed, settings.max_pairs)
-        ids, lengths = examples["input_ids"], examples["length"]
+        if settings.pair_iterations is None:
+            pairs = distinct_pairs(examples["labels"], recipe.train.seed, settings.max_pairs)
+        else:
+            pairs = generate_pairs(examples["labels"], settings.pair_iterations, recipe.train.seed, settings.max_pairs)
+        ids, lengths = list(examples["input_ids"]), list(examples["length"])  # plain lists: per-row Arrow access is slow
         encoded["head_train"] = examples
         encoded["train"] = Dataset.from_dict({
             "input_ids": [ids[a] for a, _, _ in pairs],
