@@ -8,6 +8,10 @@ Prints one JSON object; progress and per-run lines go to stderr.
 
     .venv/bin/python bench/fewshot.py                                   # N = 8 and 64, 5 seeds, both datasets
     .venv/bin/python bench/fewshot.py --sizes 8 --seeds 3 --datasets sst2 --systems fewshot,setfit
+    .venv/bin/python bench/fewshot.py --systems fewshot+labels,setfit+labels   # with made-up label examples
+
+`+labels` systems add LABEL_EXAMPLES copies per class of LABEL_TEMPLATE filled with the class name to the training
+examples: Slingshot through `train.fewshot.label_template`, setfit through its own `get_templated_dataset`.
 
 setfit is an optional extra (`pip install -e ".[bench-setfit]"`); when it cannot be imported or run, its rows
 carry the error instead of figures.
@@ -34,6 +38,9 @@ DATASETS = {
     "tweet": (SHARED / "tweet_sentiment_extraction/train.csv", SHARED / "tweet_sentiment_extraction/test.csv",
               "text", "sentiment", ["negative", "neutral", "positive"]),
 }
+CLASS_NAMES = {"sst2": ["negative", "positive"], "tweet": ["negative", "neutral", "positive"]}  # per label above
+LABEL_TEMPLATE = "This sentence is {label}"  # SetFit's default template
+LABEL_EXAMPLES = 8
 
 
 EVALUATE_AT_END_ONLY = 10**9  # train.eval_every beyond any run's steps: the loop evaluates at its last step only
@@ -62,9 +69,10 @@ def write_csv(path: Path, rows) -> Path:
 # ------------------------------------------------------------------------------------------------ systems
 
 
-def slingshot_system(method: str, dataset: str, per_class: int, seeds: list[int], threads: int,
+def slingshot_system(system: str, dataset: str, per_class: int, seeds: list[int], threads: int,
                      eval_limit: int | None) -> dict:
-    """Slingshot `method` on each seed's sample: train() timed, then the saved run scored on the eval set."""
+    """Slingshot `system` (a method, `+labels` for label templates) on each seed's sample: train() timed, then the
+    saved run scored on the eval set."""
     from slingshot.evaluate import evaluate_file, load_run
     from slingshot.recipe import recipe_from_dict
     from slingshot.train import train
@@ -85,13 +93,16 @@ def slingshot_system(method: str, dataset: str, per_class: int, seeds: list[int]
             # One evaluation, after the last step: the model scored is the one the settings fix in advance. Picking
             # the best of full's 20 per-epoch checkpoints by 32 dev rows chose steps 2-17 of 20 (ties keep the
             # earliest), 54.4% on SST-2 dev at N=8 (seeds 0-4) against 56.7% for the 20-epoch model.
+            method = system.removesuffix("+labels")
             train_settings = {"method": method, "seed": seed, "threads": threads, "eval_every": EVALUATE_AT_END_ONLY}
             if method == "full":
                 # plain fine-tuning as measured in FINDINGS.md: lr 5e-5, 20 epochs fixed in advance
                 train_settings.update(lr=5e-5, epochs=20)
+            if system.endswith("+labels"):
+                train_settings["fewshot"] = {"label_template": LABEL_TEMPLATE, "label_examples": LABEL_EXAMPLES}
             recipe = recipe_from_dict({
-                "name": f"{method}-{seed}", "model": {"name": str(model_dir())},
-                "data": {"train": str(sample), "eval": str(in_loop), "label_names": labels},
+                "name": f"{method}-{seed}",  # labels: 0/1 index into the class names, names match themselves "model": {"name": str(model_dir())},
+                "data": {"train": str(sample), "eval": str(in_loop), "label_names": CLASS_NAMES[dataset]},
                 "train": train_settings, "output": {"dir": str(folder / "runs")},
             })
             start = time.perf_counter()
@@ -100,12 +111,14 @@ def slingshot_system(method: str, dataset: str, per_class: int, seeds: list[int]
             metrics, _, _ = evaluate_file(load_run(str(result.run.path), threads=threads), str(scored))
             results.append({"seed": seed, "accuracy": metrics["accuracy"], "train_wall_s": round(wall, 2),
                             "loop_time_s": result.summary["train_time_s"], "steps": result.summary["optimizer_steps"]})
-            log(f"  {dataset} N={per_class} {method} seed {seed}: {metrics['accuracy']:.4f} in {wall:.1f} s")
+            log(f"  {dataset} N={per_class} {system} seed {seed}: {metrics['accuracy']:.4f} in {wall:.1f} s")
     return {"runs": results}
 
 
-def setfit_system(dataset: str, per_class: int, seeds: list[int], threads: int, eval_limit: int | None) -> dict:
-    """The setfit package with its defaults (logistic-regression head), timed from loading the model to trained."""
+def setfit_system(system: str, dataset: str, per_class: int, seeds: list[int], threads: int,
+                  eval_limit: int | None) -> dict:
+    """The setfit package with its defaults (logistic-regression head), timed from loading the model to trained;
+    `setfit+labels` adds its templated examples (`get_templated_dataset`)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -121,6 +134,12 @@ def setfit_system(dataset: str, per_class: int, seeds: list[int], threads: int, 
         sample = few_shot_sample(rows, labels, per_class, seed)
         train_set = Dataset.from_dict({"text": [t for t, _ in sample], "label": [labels.index(l) for _, l in sample]})
         start = time.perf_counter()
+        if system.endswith("+labels"):
+            from setfit import get_templated_dataset
+
+            train_set = get_templated_dataset(train_set, candidate_labels=CLASS_NAMES[dataset],
+                                              template=LABEL_TEMPLATE.replace("{label}", "{}"),
+                                              sample_size=LABEL_EXAMPLES)
         model = SetFitModel.from_pretrained(str(model_dir()))
         from setfit import TrainingArguments
 
@@ -131,7 +150,7 @@ def setfit_system(dataset: str, per_class: int, seeds: list[int], threads: int, 
         gold = [labels.index(l) for _, l in eval_rows]
         accuracy = sum(int(p) == g for p, g in zip(predicted, gold)) / len(gold)  # setfit's evaluate() wants the hub
         results.append({"seed": seed, "accuracy": accuracy, "train_wall_s": round(wall, 2)})
-        log(f"  {dataset} N={per_class} setfit seed {seed}: {accuracy:.4f} in {wall:.1f} s")
+        log(f"  {dataset} N={per_class} {system} seed {seed}: {accuracy:.4f} in {wall:.1f} s")
     return {"runs": results}
 
 
@@ -166,8 +185,8 @@ def main() -> None:
                 key = f"{dataset}/N={per_class}/{system}"
                 log(f"{key} (load average {os.getloadavg()[0]:.1f})")
                 try:
-                    if system == "setfit":
-                        runs = run_isolated(setfit_system, dataset, per_class, seeds, args.threads, args.eval_limit)
+                    if system.startswith("setfit"):
+                        runs = run_isolated(setfit_system, system, dataset, per_class, seeds, args.threads, args.eval_limit)
                     else:
                         runs = run_isolated(slingshot_system, system, dataset, per_class, seeds, args.threads,
                                             args.eval_limit)

@@ -334,3 +334,14 @@ def test_export_merge_writes_a_plain_model_folder(cli, tmp_path, tiny_llama):
     assert json.loads(out)["new_tokens"] <= 4
     code, _, err = cli("export", tmp_path / "runs" / "lora")
     assert_one_clear_error(code, err, "say what to export")
+
+
+def test_fewshot_label_template_on_numbered_classes_is_one_clear_error(cli, tmp_path, tiny_bert):
+    rows = [("great film", 1), ("a lovely plot", 1), ("awful film", 0), ("a dull plot", 0)]
+    data = {"train": write_csv(tmp_path / "four.csv", rows), "eval": write_csv(tmp_path / "ev.csv", rows)}
+    raw = toy_recipe(tmp_path, tiny_bert, data, method="fewshot", fewshot={"label_template": "this film is {label}"})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    code, _, err = cli("train", path)
+    assert_one_clear_error(code, err, "classes are numbers", "data.label_names")
+    assert not (tmp_path / "runs").exists()

@@ -223,3 +223,52 @@ def test_minilm_with_8_examples_per_class_of_sst2_beats_chance_clearly(tmp_path)
     # chance is 50% (dev is 49/51); on 600 examples a coin flip stays under 54% with 95% confidence. Measured with
     # this seed's sample: 59% on the whole dev set (setfit 1.2.0 defaults on the same sample: 60%).
     assert result.metrics["eval"]["accuracy"] >= 0.56
+
+
+# ------------------------------------------------------------------------------------------- label templates
+
+
+def test_label_template_adds_copies_of_each_class_name_to_the_training_examples():
+    from datasets import Dataset
+
+    from slingshot.recipe import FewShotSection
+    from slingshot.tasks.fewshot import add_label_examples
+
+    train_split = Dataset.from_dict({"text": ["good", "bad"], "label": [1, 0], "row": [2, 3], "weight": [0.5, 0.9]})
+    settings = FewShotSection(label_template="This review is {label}.", label_examples=3)
+    grown = add_label_examples(train_split, ["negative", "positive"], settings)
+    assert len(grown) == 2 + 2 * 3
+    assert grown["text"][:2] == ["good", "bad"]  # the real examples first, untouched
+    assert grown["text"][2:] == ["This review is negative."] * 3 + ["This review is positive."] * 3
+    assert grown["label"][2:] == [0, 0, 0, 1, 1, 1]
+    assert grown["weight"][2:] == [1.0] * 6 and grown["row"][2:] == [0] * 6
+    assert grown.features == train_split.features
+    assert add_label_examples(train_split, ["negative", "positive"], FewShotSection()) is train_split  # off
+
+
+def test_label_template_is_refused_for_numbered_classes_and_without_a_label_slot():
+    from datasets import Dataset
+
+    from slingshot.recipe import FewShotSection
+    from slingshot.tasks.fewshot import add_label_examples
+
+    train_split = Dataset.from_dict({"text": ["good", "bad"], "label": [1, 0]})
+    with pytest.raises(DataError, match="classes are numbers") as error:
+        add_label_examples(train_split, ["0", "1"], FewShotSection(label_template="It is {label}"))
+    assert "data.label_names" in error.value.hint
+    with pytest.raises(RecipeError, match="no \\{label\\}"):
+        recipe_from_dict({"name": "x", "model": {"name": "m"}, "data": {"train": "t.csv"},
+                          "train": {"method": "fewshot", "fewshot": {"label_template": "It is good"}}})
+
+
+def test_fewshot_with_label_template_trains_and_counts_real_and_made_up_examples(tmp_path, tiny_bert, toy_data):
+    rows = [("great film", "pos"), ("a lovely plot", "pos"), ("awful film", "neg"), ("a dull plot", "neg")]
+    data = {"train": write_csv(tmp_path / "four.csv", rows), "eval": toy_data["eval"]}
+    recipe = fewshot_recipe(tmp_path, tiny_bert, data, label_template="this film is {label}", label_examples=2,
+                            pair_iterations=None)
+    result = train(recipe, show_progress=False)
+    assert result.summary["train_examples"] == 4
+    assert result.summary["template_examples"] == 4
+    # 8 examples, 4 per class: 12 same-class and 16 other-class distinct pairs, balanced to 16 + 16
+    assert result.summary["train_rows"] == 32
+

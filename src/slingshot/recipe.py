@@ -112,6 +112,16 @@ class FewShotSection(Section):
         16, ge=1, description="Most pairs per batch (replaces train.max_batch_size for method fewshot; the token "
         "budget still applies). SetFit's 16: smaller batches mean more steps at the same learning rate.",
     )
+    label_template: str | None = Field(
+        None, description="Adds made-up training examples that put each class's name into this text, e.g. "
+        "\"This sentence is {label}\" (SetFit's get_templated_dataset): the embedding model already knows what "
+        "'positive' or 'billing question' means, which helps most at a few examples per class. Needs meaningful "
+        "label names (data.label_names or string labels). null = off.",
+    )
+    label_examples: int = Field(
+        8, ge=1, description="Copies of each class's templated example (label_template) among the training "
+        "examples; more copies pull the head harder towards the label names.",
+    )
     lr: float = Field(
         2e-5, gt=0, description="Learning rate of the body during contrastive training (replaces train.lr, which "
         "suits a new head, not a pretrained embedding space; 2e-5 is SetFit's default).",
@@ -585,6 +595,9 @@ class Recipe(Section):
                             "classification; remove them for task: regression")
         if self.train.method == "fewshot" and self.task != "classification":
             problems.append("train.method fewshot is for classification; use full or lora for regression")
+        template = self.train.fewshot.label_template
+        if template is not None and "{label}" not in template:
+            problems.append(f"train.fewshot.label_template {template!r} has no {{label}} where the class name goes")
         if self.train.method == "fewshot" and self.data.text_pair_column:
             problems.append("train.method fewshot embeds single texts; data.text_pair_column needs full or lora")
         if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:

@@ -206,6 +206,11 @@ def train(
     data = load_data(recipe)
     resolved = resolve_model(recipe.model.name, recipe.model.revision)
     tokenizer = load_tokenizer(resolved.path)
+    labelled_examples = len(data.splits["train"])  # before made-up ones (fewshot.label_template)
+    if recipe.train.method == "fewshot" and recipe.train.fewshot.label_template:
+        from slingshot.tasks.fewshot import add_label_examples
+
+        data.splits["train"] = add_label_examples(data.splits["train"], data.label_names, recipe.train.fewshot)
     encoded = task.prepare(data.splits, tokenizer, recipe)
     model = task.build_model(resolved, recipe, data.label_names)
     if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
@@ -501,7 +506,8 @@ def train(
         "threads": torch.get_num_threads(),
         "precision": "bf16" if amp_dtype is not None else "fp32",
         "parameters": parameters,
-        "train_examples": len(data.splits["train"]),  # examples, not pairs, for method fewshot
+        "train_examples": labelled_examples,  # examples, not pairs, for method fewshot
+        "template_examples": len(data.splits["train"]) - labelled_examples,  # fewshot.label_template's
         "train_rows": len(train_split),  # what batches are cut from: pairs, QA windows, packed sequences
         "eval_examples": len(eval_split),
         "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count and not s.reasons},

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from slingshot.batching import PaddingCollator
 from slingshot.errors import DataError, ModelError
@@ -124,6 +124,27 @@ def _check_pairable(labels: np.ndarray) -> None:
         lonely = classes[counts.argmin()]
         raise DataError(f"class {lonely!r} has a single training example; few-shot pairs need 2 per class",
                         "label at least one more example of that class")
+
+
+def add_label_examples(train: Dataset, label_names: list[str], settings: FewShotSection) -> Dataset:
+    """The training split plus `label_examples` copies per class of `label_template` filled with the class name.
+
+    SetFit's `get_templated_dataset`: "This sentence is positive" is a training example of class positive. The
+    copies join the pairs and the head's examples alike; their rows are numbered 0 (no line in any file).
+    """
+    template = settings.label_template
+    if template is None:
+        return train
+    numeric = [name for name in label_names if name.strip().lstrip("-").isdigit()]
+    if numeric:
+        raise DataError(f"train.fewshot.label_template needs class names, but the classes are numbers "
+                        f"({', '.join(numeric[:5])})",
+                        "name the classes in data.label_names (in label order), or set label_template: null")
+    texts = [template.replace("{label}", name) for name in label_names for _ in range(settings.label_examples)]
+    labels = [index for index in range(len(label_names)) for _ in range(settings.label_examples)]
+    known = {"text": texts, "label": labels, "row": [0] * len(texts), "weight": [1.0] * len(texts)}
+    extra = {column: known.get(column, [None] * len(texts)) for column in train.column_names}
+    return concatenate_datasets([train, Dataset.from_dict(extra, features=train.features)])
 
 
 # ---------------------------------------------------------------------------------------------------- model
