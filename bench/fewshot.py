@@ -70,7 +70,7 @@ def write_csv(path: Path, rows) -> Path:
 
 
 def slingshot_system(system: str, dataset: str, per_class: int, seeds: list[int], threads: int,
-                     eval_limit: int | None) -> dict:
+                     eval_limit: int | None, overrides: dict | None = None) -> dict:
     """Slingshot `system` (a method, `+labels` for label templates) on each seed's sample: train() timed, then the
     saved run scored on the eval set."""
     from slingshot.evaluate import evaluate_file, load_run
@@ -100,6 +100,12 @@ def slingshot_system(system: str, dataset: str, per_class: int, seeds: list[int]
                 train_settings.update(lr=5e-5, epochs=20)
             if system.endswith("+labels"):
                 train_settings["fewshot"] = {"label_template": LABEL_TEMPLATE, "label_examples": LABEL_EXAMPLES}
+            for name, value in (overrides or {}).items():  # --set fewshot.max_pairs=null
+                *path, leaf = name.split(".")
+                target = train_settings
+                for part in path:
+                    target = target.setdefault(part, {})
+                target[leaf] = value
             recipe = recipe_from_dict({
                 "name": f"{method}-{seed}",  # labels: 0/1 index into the class names, names match themselves "model": {"name": str(model_dir())},
                 "data": {"train": str(sample), "eval": str(in_loop), "label_names": CLASS_NAMES[dataset]},
@@ -174,9 +180,14 @@ def main() -> None:
     parser.add_argument("--systems", default="fewshot,full,setfit")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-limit", type=int, default=None, help="score on a seeded sample of the eval set")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="train.* override for Slingshot systems, e.g. fewshot.max_pairs=null (YAML value)")
     args = parser.parse_args()
     warn_if_busy()
     seeds = list(range(args.seeds))
+    import yaml
+
+    overrides = {name: yaml.safe_load(value) for name, value in (item.split("=", 1) for item in args.overrides)}
     report = {"machine": machine_info(args.threads), "load_average_start": os.getloadavg(),
               "settings": vars(args), "results": {}}
     for dataset in args.datasets.split(","):
@@ -189,7 +200,7 @@ def main() -> None:
                         runs = run_isolated(setfit_system, system, dataset, per_class, seeds, args.threads, args.eval_limit)
                     else:
                         runs = run_isolated(slingshot_system, system, dataset, per_class, seeds, args.threads,
-                                            args.eval_limit)
+                                            args.eval_limit, overrides)
                     report["results"][key] = summary(runs)
                 except RuntimeError as error:
                     report["results"][key] = {"error": str(error)[-2000:]}
