@@ -70,11 +70,11 @@ def write_csv(path: Path, rows) -> Path:
 
 
 def slingshot_system(system: str, dataset: str, per_class: int, seeds: list[int], threads: int,
-                     eval_limit: int | None, overrides: dict | None = None) -> dict:
+                     eval_limit: int | None, overrides: list[str] | None = None) -> dict:
     """Slingshot `system` (a method, `+labels` for label templates) on each seed's sample: train() timed, then the
     saved run scored on the eval set."""
     from slingshot.evaluate import evaluate_file, load_run
-    from slingshot.recipe import recipe_from_dict
+    from slingshot.recipe import apply_overrides, recipe_from_dict
     from slingshot.train import train
 
     train_file, eval_file, text_column, label_column, labels = DATASETS[dataset]
@@ -100,17 +100,12 @@ def slingshot_system(system: str, dataset: str, per_class: int, seeds: list[int]
                 train_settings.update(lr=5e-5, epochs=20)
             if system.endswith("+labels"):
                 train_settings["fewshot"] = {"label_template": LABEL_TEMPLATE, "label_examples": LABEL_EXAMPLES}
-            for name, value in (overrides or {}).items():  # --set fewshot.max_pairs=null
-                *path, leaf = name.split(".")
-                target = train_settings
-                for part in path:
-                    target = target.setdefault(part, {})
-                target[leaf] = value
-            recipe = recipe_from_dict({
-                "name": f"{method}-{seed}",  # labels: 0/1 index into the class names, names match themselves "model": {"name": str(model_dir())},
+            recipe = recipe_from_dict(apply_overrides({
+                "name": f"{method}-{seed}", "model": {"name": str(model_dir())},
+                # SST-2's labels 0/1 index into the class names; the tweets' labels are the names themselves
                 "data": {"train": str(sample), "eval": str(in_loop), "label_names": CLASS_NAMES[dataset]},
                 "train": train_settings, "output": {"dir": str(folder / "runs")},
-            })
+            }, [f"train.{item}" for item in overrides or []]))  # --set fewshot.max_pairs=null
             start = time.perf_counter()
             result = train(recipe, show_progress=False)
             wall = time.perf_counter() - start
@@ -185,9 +180,6 @@ def main() -> None:
     args = parser.parse_args()
     warn_if_busy()
     seeds = list(range(args.seeds))
-    import yaml
-
-    overrides = {name: yaml.safe_load(value) for name, value in (item.split("=", 1) for item in args.overrides)}
     report = {"machine": machine_info(args.threads), "load_average_start": os.getloadavg(),
               "settings": vars(args), "results": {}}
     for dataset in args.datasets.split(","):
@@ -200,7 +192,7 @@ def main() -> None:
                         runs = run_isolated(setfit_system, system, dataset, per_class, seeds, args.threads, args.eval_limit)
                     else:
                         runs = run_isolated(slingshot_system, system, dataset, per_class, seeds, args.threads,
-                                            args.eval_limit, overrides)
+                                            args.eval_limit, args.overrides)
                     report["results"][key] = summary(runs)
                 except RuntimeError as error:
                     report["results"][key] = {"error": str(error)[-2000:]}
