@@ -13,7 +13,7 @@ from slingshot.models import load_tokenizer
 from slingshot.qa_data import ANSWER_MISMATCH, EMPTY_CONTEXT, load_qa_file, read_qa_examples
 from slingshot.recipe import recipe_from_dict
 from slingshot.tasks import get_task
-from slingshot.tasks.extractive_qa import best_span
+from slingshot.tasks.extractive_qa import Span, best_span, expected_f1_span, span_candidates
 
 QUESTION = "it was"  # 2 tokens for the tiny word-level tokenizer
 
@@ -167,6 +167,37 @@ def test_decoding_respects_the_maximum_answer_length():
     logits = window([(0, 0), (5, 0), (0, 1), (2, 6), (0, 0)], context_from=1)
     assert best_span([logits], CONTEXT, n_best=5, max_answer_tokens=3).text == "a b c"  # 5 + 6
     assert best_span([logits], CONTEXT, n_best=5, max_answer_tokens=2).text == "c"  # 2 + 6 beats a b (5 + 1)
+
+
+def test_expected_f1_decoding_picks_the_span_the_likely_answers_overlap_most():
+    # probabilities 0.4 / 0.3 / 0.3; expected F1 by hand: "w1" 0.4 + 0.3 * 0.5 = 0.55,
+    # "w1 w2 w3" 0.4 * 0.5 + 0.3 + 0.3 * 0.8 = 0.74, "w2 w3" 0.3 * 0.8 + 0.3 = 0.54: the second wins
+    candidates = [Span("w1", 0, float(np.log(0.4))), Span("w1 w2 w3", 0, float(np.log(0.3))),
+                  Span("w2 w3", 3, float(np.log(0.3)))]
+    assert expected_f1_span(candidates, top=3).text == "w1 w2 w3"
+    assert expected_f1_span(candidates, top=1).text == "w1"  # one candidate: the best one
+    assert expected_f1_span([], top=3) is None
+
+
+def test_candidates_are_ranked_and_deduplicated_across_windows():
+    # the same span ("c") scored in two windows is kept once, with its better score
+    first = window([(0, 0), (0, 0), (2, 2), (0, 0)], context_from=1)
+    second = window([(0, 0), (0, 0), (3, 3), (0, 0)], context_from=1)
+    candidates = span_candidates([first, second], CONTEXT, n_best=3, max_answer_tokens=10)
+    scores = [c.score for c in candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert [c.text for c in candidates].count("b") == 1 and candidates[0] == Span("b", 2, 6.0)
+
+
+def test_expected_f1_decoding_from_the_recipe(tmp_path, tiny_bert):
+    task, _, encoded = prepared(tmp_path, tiny_bert, [example(["fun", "film"], 0, 0)],
+                                qa={"decoding": "expected_f1", "n_best": 5})
+    assert task.settings.decoding == "expected_f1"
+    logits = np.zeros((encoded["length"][0], 2), dtype=np.float32)
+    outputs = task.outputs([logits], encoded)
+    assert outputs["predicted"][0] != "" and outputs["start"][0] is not None
+    with pytest.raises(RecipeError):
+        recipe_from_dict(qa_recipe(tmp_path, tiny_bert, qa={"decoding": "mbr"}))
 
 
 def test_no_valid_span_gives_no_answer_and_counts_it(tmp_path, tiny_bert):

@@ -222,6 +222,11 @@ class QASection(Section):
     )
     max_answer_tokens: int = Field(30, ge=1, description="Longest answer span, in tokens, the decoder may return.")
     n_best: int = Field(20, ge=1, description="Start and end candidates per window combined into spans when decoding.")
+    decoding: Literal["best", "expected_f1"] = Field(
+        "best", description="How the answer is chosen among the candidate spans: best = the highest start + end "
+        "score (SQuAD's rule, best for exact match); expected_f1 = of the n_best likeliest spans, the one with the "
+        "highest expected token F1 under the model's own distribution (higher F1, longer answers, lower exact match)."
+    )
 
 
 class GenerationSection(Section):

@@ -10,6 +10,7 @@ the whole (first) gold answer points at [CLS], as in BERT's SQuAD recipe (Devlin
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from datasets import Dataset
 
 from slingshot.batching import PaddingCollator
 from slingshot.errors import ModelError, RecipeError
-from slingshot.metrics import qa_metrics
+from slingshot.metrics import normalize_answer, qa_metrics
 from slingshot.models import ResolvedModel
 from slingshot.recipe import QASection, Recipe
 from slingshot.tasks.classification import _model_max_length, apply_lora, qlora_quantization, save_model_folder
@@ -94,15 +95,17 @@ def encode_windows(dataset: Dataset, tokenizer, max_length: int, settings: QASec
                        keep_in_memory=True)
 
 
-def best_span(windows: list[tuple[np.ndarray, np.ndarray]], context: str, n_best: int, max_answer_tokens: int) -> Span | None:
-    """The highest-scoring span over all windows of one question, or None when no candidate pair is a valid span.
+def span_candidates(windows: list[tuple[np.ndarray, np.ndarray]], context: str, n_best: int,
+                    max_answer_tokens: int) -> list[Span]:
+    """Every valid span of one question over all its windows, best first.
 
     Each window is (logits (length, 2): start and end per token, offsets (length, 2) with -1 outside the context).
     Candidates are the `n_best` best starts and ends among context tokens; a span needs end >= start and at most
     `max_answer_tokens` tokens. Its score is start logit + end logit (log-space product of the two probabilities
-    up to a per-window constant, as in BERT's SQuAD decoding).
+    up to a per-window constant, as in BERT's SQuAD decoding). The same text found in two windows is kept once, with
+    its better score.
     """
-    best: Span | None = None
+    best_by_place: dict[tuple[int, int], Span] = {}
     for logits, offsets in windows:
         is_context = offsets[:, 0] >= 0
         if not is_context.any():
@@ -114,14 +117,44 @@ def best_span(windows: list[tuple[np.ndarray, np.ndarray]], context: str, n_best
         ends = np.argsort(-end_logits, kind="stable")[:count]
         scores = start_logits[starts][:, None] + end_logits[ends][None, :]  # (starts, ends)
         width = ends[None, :] - starts[:, None] + 1
-        scores = np.where((width >= 1) & (width <= max_answer_tokens), scores, -np.inf)
-        s, e = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        score = float(scores[s, e])
-        if score == -np.inf or (best is not None and score <= best.score):
-            continue
-        first, last = int(offsets[starts[s], 0]), int(offsets[ends[e], 1])
-        best = Span(context[first:last], first, score)
-    return best
+        valid = (width >= 1) & (width <= max_answer_tokens) & np.isfinite(scores)
+        for s, e in zip(*np.nonzero(valid)):
+            first, last = int(offsets[starts[s], 0]), int(offsets[ends[e], 1])
+            score = float(scores[s, e])
+            known = best_by_place.get((first, last))
+            if known is None or score > known.score:
+                best_by_place[(first, last)] = Span(context[first:last], first, score)
+    return sorted(best_by_place.values(), key=lambda span: -span.score)
+
+
+def best_span(windows: list[tuple[np.ndarray, np.ndarray]], context: str, n_best: int, max_answer_tokens: int) -> Span | None:
+    """The highest-scoring span over all windows of one question (see span_candidates), or None when no candidate
+    pair is a valid span."""
+    candidates = span_candidates(windows, context, n_best, max_answer_tokens)
+    return candidates[0] if candidates else None
+
+
+def expected_f1_span(candidates: list[Span], top: int) -> Span | None:
+    """Of the `top` best candidates, the one with the highest expected token F1 against the model's own answer
+    distribution (minimum-Bayes-risk decoding): softmax over the candidates' scores, then for each candidate the
+    probability-weighted F1 against all of them. Where the model hesitates between boundaries it picks the span the
+    likely answers overlap most, rather than the single likeliest boundary pair; that is what token F1 rewards.
+    """
+    candidates = candidates[:top]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    scores = np.array([span.score for span in candidates])
+    probability = np.exp(scores - scores.max())
+    probability /= probability.sum()
+    tokens = [normalize_answer(span.text).split() for span in candidates]
+    bags = [Counter(t) for t in tokens]
+    overlap = np.zeros((len(candidates), len(candidates)))
+    for i in range(len(candidates)):
+        for j in range(i, len(candidates)):
+            common = sum((bags[i] & bags[j]).values())
+            if common:
+                overlap[i, j] = overlap[j, i] = 2 * common / (len(tokens[i]) + len(tokens[j]))  # token F1
+    return candidates[int(np.argmax(overlap @ probability))]
 
 
 class ExtractiveQATask:
@@ -232,7 +265,7 @@ class ExtractiveQATask:
         for window, example in enumerate(example_index):
             windows[example].append((logits[window], np.asarray(offsets[window], dtype=np.int64)))
         contexts = self._per_example(encoded, "context", count)
-        spans = [best_span(w, c, self.settings.n_best, self.settings.max_answer_tokens)
+        spans = [self.choose(span_candidates(w, c, self.settings.n_best, self.settings.max_answer_tokens))
                  for w, c in zip(windows, contexts)]
         return {
             "predicted": [s.text if s else "" for s in spans],
@@ -241,6 +274,12 @@ class ExtractiveQATask:
             "gold": self._per_example(encoded, "answers", count),
             "question_cut": self._per_example(encoded, "question_cut", count),
         }
+
+    def choose(self, candidates: list[Span]) -> Span | None:
+        """The answer among a question's candidates (best first), by `qa.decoding`."""
+        if self.settings.decoding == "expected_f1":
+            return expected_f1_span(candidates, self.settings.n_best)
+        return candidates[0] if candidates else None
 
     @staticmethod
     def _per_example(encoded: Dataset | dict[str, list], column: str, count: int) -> list:
