@@ -102,8 +102,8 @@ def span_candidates(windows: list[tuple[np.ndarray, np.ndarray]], context: str, 
     Each window is (logits (length, 2): start and end per token, offsets (length, 2) with -1 outside the context).
     Candidates are the `n_best` best starts and ends among context tokens; a span needs end >= start and at most
     `max_answer_tokens` tokens. Its score is start logit + end logit (log-space product of the two probabilities
-    up to a per-window constant, as in BERT's SQuAD decoding). The same text found in two windows is kept once, with
-    its better score.
+    up to a per-window constant, as in BERT's SQuAD decoding). A span found in two overlapping windows (the same
+    characters of the context) is kept once, with its better score.
     """
     best_by_place: dict[tuple[int, int], Span] = {}
     for logits, offsets in windows:
