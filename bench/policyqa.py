@@ -7,9 +7,10 @@ Smoke test:
     .venv/bin/python bench/policyqa.py --set data.limit.train=200 --set data.limit.eval=50 --set train.epochs=1
 
 Measured: examples/policyqa/recipe.yaml trained in this process with slingshot.train.train. Reported: EM and F1 of
-the best model on the held-out policies (and, from one more fp32 pass, under each qa.decoding rule), a first-sentence baseline on the same questions, answer-similarity bands,
-training and wall time, real tokens/s, peak memory. Published anchors (PolicyQA paper, test set, trained on the
-full 17k-question train set): BERT-base 28.1 EM / 55.6 F1, BERT-small 24.6 / 52.3, BERT-mini 22.8 / 49.8.
+the best model on the held-out policies (and, from one more fp32 pass, under each qa.decoding rule), a
+first-sentence baseline on the same questions, answer-similarity bands, training and wall time, real tokens/s,
+peak memory. Published anchors (PolicyQA paper, test set, trained on the full 17k-question train set):
+BERT-base 28.1 EM / 55.6 F1, BERT-small 24.6 / 52.3, BERT-mini 22.8 / 49.8.
 Target: F1 >= 52 on held-out policies. The JSON goes to stdout, progress to stderr.
 """
 

@@ -180,7 +180,7 @@ def test_expected_f1_decoding_picks_the_span_the_likely_answers_overlap_most():
 
 
 def test_candidates_are_ranked_and_deduplicated_across_windows():
-    # the same span ("c") scored in two windows is kept once, with its better score
+    # the same span ("b") scored in two windows is kept once, with its better score
     first = window([(0, 0), (0, 0), (2, 2), (0, 0)], context_from=1)
     second = window([(0, 0), (0, 0), (3, 3), (0, 0)], context_from=1)
     candidates = span_candidates([first, second], CONTEXT, n_best=3, max_answer_tokens=10)
