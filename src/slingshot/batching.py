@@ -145,4 +145,18 @@ class PaddingCollator:
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=self.label_dtype)
         if "weights" in examples[0]:
             batch["weights"] = torch.tensor([e["weights"] for e in examples], dtype=torch.float32)
+        if "teacher" in examples[0]:  # distillation targets: per example, or per token (padded with 0)
+            batch["teacher"] = pad_targets([e["teacher"] for e in examples], longest)
         return batch
+
+
+def pad_targets(targets: list, longest: int) -> torch.Tensor:
+    """Teacher targets as one tensor: (batch,) values, (batch, k) probabilities, or per token (batch, longest, k)
+    with zeros where a row is padding (a probability 0 adds nothing to the distillation loss)."""
+    first = targets[0]
+    if not isinstance(first, list) or not first or not isinstance(first[0], list):
+        return torch.tensor(targets, dtype=torch.float32)
+    padded = torch.zeros((len(targets), longest, len(first[0])), dtype=torch.float32)
+    for row, target in enumerate(targets):
+        padded[row, : len(target)] = torch.tensor(target, dtype=torch.float32)
+    return padded

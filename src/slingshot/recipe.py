@@ -136,6 +136,25 @@ class FewShotSection(Section):
     head_lr: float = Field(1e-2, gt=0, description="Learning rate of the linear head.")
 
 
+class DistillSection(Section):
+    """Knowledge distillation (Hinton et al., 2015): the student also learns the teachers' full output
+    distributions, not only the gold labels."""
+
+    teachers: list[str] = Field(
+        default_factory=list, description="Finished run directories (or fine-tuned model folders or hub ids) of "
+        "the same task whose predictions on the training data the student learns from as well; several are averaged "
+        "(an ensemble taught to one model). extractive_qa teachers must share the student's tokenizer. Empty = off.",
+    )
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="Weight of the teachers' soft targets in the loss; 1 - alpha goes to the gold "
+        "labels. 1 = learn from the teachers alone.",
+    )
+    temperature: float = Field(
+        2.0, gt=0, description="Softens teacher and student distributions before they are compared (the soft loss "
+        "is scaled by temperature^2, so alpha keeps its meaning). Regression compares values: not used.",
+    )
+
+
 class TrainSection(Section):
     method: Literal["full", "lora", "qlora", "fewshot"] = Field(
         "full", description="full: update every weight; lora: PEFT LoRA adapters; qlora: LoRA on 4-bit base weights "
@@ -194,6 +213,9 @@ class TrainSection(Section):
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (method: lora).")
     fewshot: FewShotSection = Field(default_factory=FewShotSection, description="Few-shot settings (method: fewshot).")
+    distill: DistillSection = Field(
+        default_factory=DistillSection, description="Learn from fine-tuned teacher models too (knowledge distillation)."
+    )
 
     @property
     def loop_lr(self) -> float:
@@ -603,6 +625,10 @@ class Recipe(Section):
         template = self.train.fewshot.label_template
         if template is not None and "{label}" not in template:
             problems.append(f"train.fewshot.label_template {template!r} has no {{label}} where the class name goes")
+        if self.train.distill.teachers and (self.task not in ("classification", "regression", "extractive_qa")
+                                            or self.train.method == "fewshot"):
+            problems.append(f"train.distill is for classification, regression and extractive_qa with method full, lora "
+                            f"or qlora, not task {self.task} with method {self.train.method}; remove train.distill.teachers")
         if self.train.method == "fewshot" and self.data.text_pair_column:
             problems.append("train.method fewshot embeds single texts; data.text_pair_column needs full or lora")
         if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:

@@ -212,6 +212,15 @@ def train(
 
         data.splits["train"] = add_label_examples(data.splits["train"], data.label_names, recipe.train.fewshot)
     encoded = task.prepare(data.splits, tokenizer, recipe)
+    distilled: dict[str, Any] | None = None
+    if recipe.train.distill.teachers:  # soft targets from the teachers, once, before anything is written
+        from slingshot.distill import add_teacher_column, teacher_targets
+
+        started = time.perf_counter()
+        targets = teacher_targets(recipe, task, data.splits["train"], encoded["train"], tokenizer, data.label_names,
+                                  device, amp_dtype)
+        encoded["train"] = add_teacher_column(encoded["train"], targets)
+        distilled = {**recipe.train.distill.model_dump(), "teacher_time_s": round(time.perf_counter() - started, 2)}
     model = task.build_model(resolved, recipe, data.label_names)
     if recipe.train.gradient_checkpointing and recipe.train.method != "qlora":  # qlora turns it on when building
         # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA);
@@ -513,6 +522,7 @@ def train(
         "skipped_empty_texts": {split: s.count for split, s in data.skipped.items() if s.count and not s.reasons},
         "skipped_examples": {split: s.reasons for split, s in data.skipped.items() if s.reasons},
         "labels": data.provenance,  # where the training labels came from (teacher, filtering, weighting, gold)
+        "distill": distilled,  # teachers, alpha, temperature, and the time their forward passes took
         "optimizer_steps": state.step,
         "epochs_completed": state.epoch,
         "wall_time_s": round(state.wall_time_s, 2),

@@ -110,10 +110,11 @@ def get_task(name: str, recipe: Recipe | None = None, method: str | None = None)
         if name != "classification":
             raise RecipeError(f"train.method fewshot is for classification, not {name}", "use method full or lora")
         return FewShotTask()
+    distill = recipe.train.distill if recipe is not None else None
     tasks: dict[str, Task] = {
-        "classification": ClassificationTask(regression=False),
-        "regression": ClassificationTask(regression=True),
-        "extractive_qa": ExtractiveQATask(recipe.qa if recipe is not None else QASection()),
+        "classification": ClassificationTask(regression=False, distill=distill),
+        "regression": ClassificationTask(regression=True, distill=distill),
+        "extractive_qa": ExtractiveQATask(recipe.qa if recipe is not None else QASection(), distill),
         "generation": GenerationTask(recipe.generation if recipe is not None else GenerationSection(),
                                      seed=recipe.train.seed if recipe is not None else 0),
         "seq2seq": Seq2SeqTask(recipe.generation if recipe is not None else GenerationSection(),

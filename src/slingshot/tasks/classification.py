@@ -15,7 +15,7 @@ from slingshot.batching import PaddingCollator
 from slingshot.errors import ModelError, RecipeError
 from slingshot.metrics import classification_metrics, regression_metrics
 from slingshot.models import ResolvedModel
-from slingshot.recipe import Recipe
+from slingshot.recipe import DistillSection, Recipe
 
 # LoRA targets per model family: the attention projections, as in the LoRA paper (Hu et al., 2021, section 4.2).
 LORA_TARGETS = {
@@ -42,11 +42,12 @@ class ClassificationTask:
     """Cross-entropy over label names, or MSE on one output for regression."""
 
     text_answers = False  # predictions are labels or numbers, not text
-    batch_columns = ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
+    batch_columns = ("input_ids", "attention_mask", "token_type_ids", "labels", "weights", "teacher")
 
-    def __init__(self, regression: bool):
+    def __init__(self, regression: bool, distill: DistillSection | None = None):
         self.regression = regression
         self.name = "regression" if regression else "classification"
+        self.distill = distill or DistillSection()
 
     # ------------------------------------------------------------------------------------------- data
 
@@ -135,11 +136,19 @@ class ClassificationTask:
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
         labels = batch.pop("labels")
         weights = batch.pop("weights", None)  # (batch,) when examples are weighted, e.g. by teacher confidence
+        teacher = batch.pop("teacher", None)  # distillation targets (slingshot.distill)
         logits = model(**batch).logits
         if self.regression:
             per_example = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="none")
         else:
             per_example = F.cross_entropy(logits.float(), labels, reduction="none")
+        if teacher is not None:
+            from slingshot.distill import soft_loss
+
+            alpha = self.distill.alpha
+            soft = (F.mse_loss(logits.squeeze(-1).float(), teacher, reduction="none") if self.regression
+                    else soft_loss(logits, teacher, self.distill.temperature))
+            per_example = (1 - alpha) * per_example + alpha * soft
         if weights is None:
             return per_example.sum(), labels.shape[0]
         return (per_example * weights).sum(), float(weights.sum())

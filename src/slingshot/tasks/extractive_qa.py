@@ -24,7 +24,7 @@ from slingshot.batching import PaddingCollator
 from slingshot.errors import ModelError, RecipeError
 from slingshot.metrics import normalize_answer, qa_metrics
 from slingshot.models import ResolvedModel
-from slingshot.recipe import QASection, Recipe
+from slingshot.recipe import DistillSection, QASection, Recipe
 from slingshot.tasks.classification import _model_max_length, apply_lora, qlora_quantization, save_model_folder
 
 NOT_CONTEXT = -1  # offset of a token that is not context (question, special tokens): never part of an answer
@@ -162,10 +162,11 @@ class ExtractiveQATask:
 
     name = "extractive_qa"
     text_answers = True  # predictions are strings: answer-similarity evaluation applies
-    batch_columns = ("input_ids", "attention_mask", "token_type_ids", "labels")
+    batch_columns = ("input_ids", "attention_mask", "token_type_ids", "labels", "teacher")
 
-    def __init__(self, settings: QASection):
+    def __init__(self, settings: QASection, distill: DistillSection | None = None):
         self.settings = settings
+        self.distill = distill or DistillSection()
 
     # ------------------------------------------------------------------------------------------- data
 
@@ -242,12 +243,20 @@ class ExtractiveQATask:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         labels = batch.pop("labels")  # (batch, 2)
+        teacher = batch.pop("teacher", None)  # (batch, seq, 2) start/end probabilities (slingshot.distill)
         logits = self.forward(model, batch).float()
         # Padding never competes for the span: the loss then matches decoding, which sees each window unpadded.
         logits = logits.masked_fill(batch["attention_mask"][..., None] == 0, torch.finfo(logits.dtype).min)
-        start_loss = F.cross_entropy(logits[..., 0], labels[:, 0], reduction="sum")
-        end_loss = F.cross_entropy(logits[..., 1], labels[:, 1], reduction="sum")
-        return (start_loss + end_loss) / 2, labels.shape[0]
+        start_loss = F.cross_entropy(logits[..., 0], labels[:, 0], reduction="none")
+        end_loss = F.cross_entropy(logits[..., 1], labels[:, 1], reduction="none")
+        per_window = (start_loss + end_loss) / 2
+        if teacher is not None:
+            from slingshot.distill import soft_loss
+
+            # over the window's tokens, start and end apart: (batch, 2, seq)
+            soft = soft_loss(logits.transpose(1, 2), teacher.transpose(1, 2), self.distill.temperature).mean(-1)
+            per_window = (1 - self.distill.alpha) * per_window + self.distill.alpha * soft
+        return per_window.sum(), labels.shape[0]
 
     def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["labels"].shape[0])  # windows
