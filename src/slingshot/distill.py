@@ -27,6 +27,7 @@ from slingshot.errors import ModelError, RecipeError
 from slingshot.inference import forward_logits
 from slingshot.models import load_tokenizer, resolve_model
 from slingshot.recipe import DistillSection, Recipe
+from slingshot.tasks.classification import softmax
 
 GENERIC_LABEL = re.compile(r"LABEL_\d+")
 
@@ -91,13 +92,13 @@ def teacher_targets(recipe: Recipe, task, train_rows: Dataset, train_encoded: Da
         logits = forward_logits(model, encoded, task.collator(teacher_tokenizer), forward=task.forward,
                                 device=device, autocast_dtype=amp_dtype)
         if recipe.task == "extractive_qa":  # per window (length, 2): softmax over the window's tokens
-            targets = [_softmax(window / settings.temperature, axis=0) for window in logits]
+            targets = [softmax(window.T / settings.temperature).T for window in logits]
         elif recipe.task == "regression":
             targets = list(logits[:, 0])
         else:
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             order = label_order(names, label_names or [], spec)
-            targets = list(_softmax(logits[:, order] / settings.temperature, axis=-1))
+            targets = list(softmax(logits[:, order] / settings.temperature))
         total = targets if total is None else [t + u for t, u in zip(total, targets)]
         del model
     count = len(settings.teachers)
@@ -109,8 +110,3 @@ def add_teacher_column(encoded: Dataset, targets: list) -> Dataset:
     values = [t.tolist() for t in targets]
     return encoded.add_column("teacher", values)
 
-
-def _softmax(values: np.ndarray, axis: int) -> np.ndarray:
-    shifted = values - values.max(axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=axis, keepdims=True)
