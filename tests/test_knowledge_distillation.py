@@ -199,3 +199,25 @@ def test_an_unfinished_run_as_teacher_says_so(tmp_path, tiny_bert, toy_data):
     with pytest.raises(Exception, match="has no trained model") as caught:
         train(recipe_from_dict(raw), show_progress=False)
     assert not isinstance(caught.value, ModelError)
+
+
+def test_a_regression_student_fits_the_teachers_scores(tmp_path, tiny_bert):
+    def scores(rows):
+        return [(text, 1.0 if label == "pos" else 0.0) for text, label in rows]
+
+    def recipe(folder, rows, **distill):
+        data = {"train": write_csv(folder / "train.csv", rows),
+                "eval": write_csv(folder / "dev.csv", scores(toy_rows(40, seed=2)))}
+        raw = toy_recipe(folder, tiny_bert, data, epochs=8, distill=distill)
+        raw["task"] = "regression"
+        return recipe_from_dict(raw)
+
+    (tmp_path / "teacher").mkdir()
+    teacher = train(recipe(tmp_path / "teacher", scores(toy_rows(160, seed=1))), show_progress=False)
+    assert teacher.metrics["eval"]["pearson"] > 0.8
+    shuffled = [text for text, _ in toy_rows(160, seed=1)]
+    values = [score for _, score in scores(toy_rows(160, seed=1))]
+    random.Random(0).shuffle(values)
+    student_run = train(recipe(tmp_path, list(zip(shuffled, values)), teachers=[str(teacher.run.path)], alpha=1.0),
+                        show_progress=False)
+    assert student_run.metrics["eval"]["pearson"] > 0.8

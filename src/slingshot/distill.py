@@ -105,8 +105,21 @@ def teacher_targets(recipe: Recipe, task, train_rows: Dataset, train_encoded: Da
     return [np.asarray(t, dtype=np.float32) / count for t in total]
 
 
-def add_teacher_column(encoded: Dataset, targets: list) -> Dataset:
-    """The training split with the teachers' targets as a `teacher` column."""
-    values = [t.tolist() for t in targets]
-    return encoded.add_column("teacher", values)
+def add_teacher_column(encoded: Dataset, targets: list[np.ndarray]) -> Dataset:
+    """The training split with the teachers' targets as a float32 `teacher` column, built from the arrays directly:
+    per-token targets of a large QA set are tens of millions of values, too many to pass through Python floats."""
+    import pyarrow as pa
+    from datasets import concatenate_datasets
 
+    if targets and targets[0].ndim == 2:  # per token: a list of (length, k) rows
+        k = targets[0].shape[1]
+        flat = np.concatenate(targets).reshape(-1) if targets else np.zeros(0, np.float32)
+        tokens = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), k)
+        offsets = np.concatenate([[0], np.cumsum([len(t) for t in targets])]).astype(np.int32)
+        column = pa.ListArray.from_arrays(pa.array(offsets), tokens)
+    elif targets and targets[0].ndim == 1:  # per example: k probabilities
+        column = pa.FixedSizeListArray.from_arrays(pa.array(np.stack(targets).reshape(-1), type=pa.float32()),
+                                                   targets[0].shape[0])
+    else:  # per example: one value (regression)
+        column = pa.array(np.asarray(targets, dtype=np.float32).reshape(-1), type=pa.float32())
+    return concatenate_datasets([encoded, Dataset(pa.table({"teacher": column}))], axis=1)
