@@ -3,6 +3,9 @@
 Only PolicyQA's dev file is available here (20 policies, 3,809 questions), so it is split by policy: the example
 recipe holds out 20% of the policies (4 of 20, whole, seeded) and trains on the other 16.
     nice .venv/bin/python bench/policyqa.py > bench/results/policyqa.json
+Distilled from earlier runs (their run folders, e.g. from --out; see README "Distilling fine-tuned models"):
+    nice .venv/bin/python bench/policyqa.py --set train.epochs=10 --set qa.decoding=expected_f1 \
+        --set 'train.distill.teachers=[bench/results/policyqa-run10/policyqa, bench/results/policyqa-s1/policyqa]'
 Smoke test:
     .venv/bin/python bench/policyqa.py --set data.limit.train=200 --set data.limit.eval=50 --set train.epochs=1
 
