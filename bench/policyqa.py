@@ -73,7 +73,7 @@ def three_splits(folder: Path, recipe, policies: int) -> tuple[list[str], list[s
     folder.mkdir(parents=True, exist_ok=True)
     overrides = []
     for split, rows in (("train", train_part), ("eval", validation), ("test", test)):
-        path = folder / f"{split}.jsonl"
+        path = (folder / f"{split}.jsonl").resolve()  # relative paths in a recipe are read from its folder
         with path.open("w", encoding="utf-8") as handle:
             for e in rows:
                 answers = [{"text": t, "answer_start": a} for t, a in zip(e["answers"], e["answer_starts"])]
