@@ -345,3 +345,33 @@ def test_fewshot_label_template_on_numbered_classes_is_one_clear_error(cli, tmp_
     code, _, err = cli("train", path)
     assert_one_clear_error(code, err, "classes are numbers", "data.label_names")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("train",), "Missing argument"),
+    (("nosuch",), "No such command 'nosuch'"),
+    (("train", "recipe.yaml", "--out", "x"), "No such option: --out"),
+])
+def test_usage_mistakes_are_one_clear_error(cli, args, fragment):
+    code, _, err = cli(*args)
+    assert_one_clear_error(code, err, fragment, "--help`")
+    assert "unexpected" not in err
+
+
+def test_debug_flag_works_after_the_verb(cli, tmp_path):
+    with pytest.raises(Exception) as error:
+        cli("predict", tmp_path / "no-run", "text", "--debug")
+    assert "run directory not found" in str(error.value)
+
+
+def test_too_few_rows_to_hold_out_eval_is_one_clear_error(cli, recipe_file, tmp_path):
+    two = write_csv(tmp_path / "two.csv", [("good", "pos"), ("bad", "neg")])
+    path = recipe_file()
+    raw = yaml.safe_load(path.read_text())
+    raw["data"].pop("eval", None)
+    path.write_text(yaml.safe_dump(raw))
+    code, _, err = cli("train", path, "--set", f"data.train={two}")
+    assert_one_clear_error(code, err, "too few to hold out", "data.eval")
+    code, out, _ = cli("inspect", path, "--set", f"data.train={two}", "--json")
+    assert code == 1
+    assert {"check": "no rows", "split": "eval"}.items() <= json.loads(out)["problems"][0].items()

@@ -91,16 +91,20 @@ def inspect_data(recipe: Recipe, loaded: LoadedData | None = None, tokenizer=Non
             report.labels = {name: counts.get(name, 0) for name in names}
             if counts.get("(unseen)"):
                 report.labels["(unseen)"] = counts["(unseen)"]
-        else:
+        elif rows:
             values = np.asarray([r["label"] for r in rows], dtype=float)
             report.label_stats = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
-        encoded = tokenizer([r["text"] for r in rows], [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0]
-                            else None, truncation=False, add_special_tokens=True)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
+        lengths: list[int] = []
+        if rows:  # a fast tokenizer fails on an empty batch
+            encoded = tokenizer([r["text"] for r in rows], [r["text_pair"] for r in rows] if "text_pair" in rows[0]
+                                else None, truncation=False, add_special_tokens=True)
+            lengths = [len(ids) for ids in encoded["input_ids"]]
         report.token_lengths = length_percentiles(lengths)
         report.truncated = sum(length > recipe.model.max_length for length in lengths)
         splits[split] = report
 
+        if not rows:
+            problems.append(Problem("no rows", split, 0, loaded.sources[split], "error"))
         skipped = loaded.skipped.get(split)
         if skipped and skipped.count:
             problems.append(Problem("empty or whitespace texts (skipped)", split, skipped.count,

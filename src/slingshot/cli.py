@@ -96,7 +96,7 @@ def _render_inspect(report) -> None:
         else:
             labels = ", ".join(f"{k} {v:.3g}" for k, v in (r.label_stats or {}).items())
         lengths = r.token_lengths
-        table.add_row(split, str(r.rows), labels, f"{lengths.get('p50')}/{lengths.get('p95')}/{lengths.get('max')}",
+        table.add_row(split, str(r.rows), labels, f"{lengths['p50']}/{lengths['p95']}/{lengths['max']}" if lengths else "-",
                       str(r.truncated), r.source)
     out.print(table)
     if not report.problems:
@@ -954,13 +954,33 @@ def _quiet_libraries() -> None:
         pass
 
 
-def main() -> None:
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, exits, aborts) of click and of the copy of click that typer >= 0.20 vendors."""
     import click
 
-    debug = "--debug" in sys.argv
+    usage: list[type] = [click.ClickException]
+    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        pass
+    else:
+        usage.append(vendored.ClickException)
+    return tuple(usage), tuple(exits), tuple(aborts)
+
+
+def main() -> None:
+    from rich.markup import escape
+
+    usage_errors, exits, aborts = _click_exceptions()
+    args = sys.argv[1:]
+    debug = "--debug" in args
+    if debug:  # the flag belongs to the app, but users add it anywhere, as the hints suggest
+        args = ["--debug", *(arg for arg in args if arg != "--debug")]
     _quiet_libraries()
     try:
-        code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit codes
+        code = app(args=args, prog_name="slingshot", standalone_mode=False)  # returns typer.Exit codes
         if isinstance(code, int) and code:
             sys.exit(code)
     except SlingshotError as error:
@@ -970,12 +990,15 @@ def main() -> None:
         if error.hint:
             err.print(f"hint: {error.hint}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except click.exceptions.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except click.ClickException as error:
-        error.show()
+    except exits as exit_:
+        sys.exit(getattr(exit_, "exit_code", 0))
+    except usage_errors as error:  # a wrong verb, option or argument: one line, and where the usage is
+        err.print(f"[red]error:[/red] {escape(error.format_message())}", highlight=False, soft_wrap=True)
+        context = getattr(error, "ctx", None)
+        err.print(f"hint: see `{context.command_path if context else 'slingshot'} --help`", highlight=False,
+                  markup=False)
         sys.exit(error.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, *aborts):
         err.print("interrupted")
         sys.exit(130)
     except Exception as error:  # an unexpected fault: one line, and how to see more

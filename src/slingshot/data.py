@@ -419,6 +419,12 @@ def load_data(recipe: Recipe, *, strict: bool = True, splits: tuple[str, ...] = 
         skipped["eval"] = Skipped()
         for example in raw["eval"]:
             example.pop("weight", None)  # evaluation scores every example alike
+        if strict and not (raw["train"] and raw["eval"]):
+            raise DataError(
+                f"{shown_sources['train']}: {len(raw['train']) + len(raw['eval'])} usable rows are too few to hold out "
+                f"an evaluation split (data.eval_fraction {recipe.data.eval_fraction})",
+                "add rows, raise data.eval_fraction, or name an evaluation file in data.eval",
+            )
 
     label_names = None
     unseen: dict[str, dict[str, int]] = {}
