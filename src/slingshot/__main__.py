@@ -1,3 +1,3 @@
-from slingshot.cli import main
+from slingshot.allocator import command
 
-main()
+command()

@@ -46,7 +46,9 @@ def _print_version(value: bool) -> None:
     if value:
         from slingshot import __version__
 
-        out.print(f"slingshot {__version__}")
+        from slingshot.allocator import preloaded
+
+        out.print(f"slingshot {__version__} (memory allocator: {preloaded() or 'system'})")
         raise typer.Exit()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from slingshot.allocator import preloaded
 from slingshot.batching import TokenBudgetBatchSampler, padding_fraction, token_counts
 from slingshot.data import load_data
 from slingshot.errors import RecipeError, RunDirError
@@ -459,6 +460,9 @@ def train(
     # evaluation was the best (one epoch, or still improving), those weights are the ones in memory: no round trip
     # through the disk, and its scores serve as the final ones (a few-shot run spent ~7% of its time on both).
     state.wall_time_s += time.perf_counter() - session_start
+    # AdamW's moments (twice the trainable weights) are done with: freed now, the final evaluation and the save
+    # reuse that memory instead of raising the run's peak RSS on top of it
+    optimizer.state.clear()
     unwrapped = accelerator.unwrap_model(model)
     best_is_last = state.best_step is not None and state.best_step == state.step
     accelerator.wait_for_everyone()  # the main process may still be writing the best weights
@@ -529,6 +533,7 @@ def train(
         "train_time_s": round(state.train_time_s, 2),
         "cpu_time_s": figures["cpu_time_s"],
         "peak_rss_mb": figures["peak_rss_mb"],
+        "allocator": preloaded() or "system",  # the command preloads tcmalloc/jemalloc when installed
         "examples_seen": state.examples_seen,
         "real_tokens": state.real_tokens,
         "padded_tokens": state.padded_tokens,
