@@ -263,6 +263,27 @@ def test_recipe_prices_override_the_table(tmp_path, tiny_bert, toy_data):
     assert doubled.chosen_plan.train_cost_usd == pytest.approx(2 * default.chosen_plan.train_cost_usd)
 
 
+def test_distillation_teachers_add_their_forward_pass_at_their_own_size(tmp_path, tiny_bert, toy_data):
+    from slingshot.plan.catalogue import model_spec
+    from slingshot.plan.estimate import forward_flops_per_token
+
+    plain = make_plan(_recipe(tmp_path, tiny_bert, toy_data), "cpu-2core", with_shortlist=False)
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data)
+    raw["train"]["distill"] = {"teachers": [str(tiny_bert), "sentence-transformers/all-MiniLM-L6-v2"]}
+    taught = make_plan(recipe_from_dict(raw), "cpu-2core", with_shortlist=False)
+    expected = sum(forward_flops_per_token(model_spec(name), plain.data.mean_sequence) * plain.data.train_tokens
+                   for name in (str(tiny_bert), str(minilm_path())))
+    assert plain.workload.teacher_flops == 0 and plain.chosen_plan.time.teacher_time_s == 0
+    assert taught.workload.teacher_flops == pytest.approx(expected)
+    full, before = taught.chosen_plan, plain.chosen_plan
+    assert full.time.teacher_time_s > 0 and full.time.train_time_s == pytest.approx(before.time.train_time_s)
+    assert full.train_cost_usd > before.train_cost_usd
+    raw["train"]["distill"] = {"teachers": [str(tmp_path / "no-such-run")]}
+    with pytest.raises(ModelError, match="train.distill.teachers"):
+        make_plan(recipe_from_dict(raw), "cpu-2core", with_shortlist=False)
+
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

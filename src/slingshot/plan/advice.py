@@ -122,7 +122,7 @@ def shortlist(recipe: Recipe, plan: Plan) -> list[Suggestion]:
             setup = setup_for(recipe, spec, plan.hardware, plan.data, method)
             method_plan = plan_method(spec, setup, plan.workload, plan.hardware, plan.price_per_hour_usd,
                                       plan.memory_limit_mb)
-            seconds = method_plan.time.train_time_s + method_plan.time.eval_time_s
+            seconds = method_plan.time.train_time_s + method_plan.time.eval_time_s + method_plan.time.teacher_time_s
             within = (max_time is None or seconds <= max_time) and (budget is None or method_plan.train_cost_usd <= budget)
             if method_plan.fits and method_plan.available and within:
                 options.append((spec, method_plan, seconds))

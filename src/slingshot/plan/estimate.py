@@ -89,6 +89,7 @@ class Workload:
     prediction_tokens: float  # mean tokens of one text at prediction time
     batches_per_epoch: int  # token-budget batches, as batching.py cuts them
     grad_accum: int = 1
+    teacher_flops: float = 0.0  # train.distill: the teachers' one forward pass over the training split
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class TimeEstimate:
     eval_time_s: float
     prediction_ms: float  # one text, in batches (throughput, not single-request latency)
     adapter_time_s: float = 0.0  # LoRA/QLoRA: the adapters' memory-bound work (LORA_BYTES_PER_ADAPTED_VALUE)
+    teacher_time_s: float = 0.0  # train.distill: before training, not in train_time_s (as in summary.json)
 
     @property
     def train_time_s(self) -> float:
@@ -240,6 +242,11 @@ def runtime_overhead_mb(setup: Setup, weights_mb: float, activations: float) -> 
 # ------------------------------------------------------------------------------------------------ time
 
 
+def forward_flops_per_token(spec: ModelSpec, mean_sequence: float) -> float:
+    """One inference forward pass: 2 FLOPs per matmul weight, plus attention over the mean sequence."""
+    return 2 * matmul_parameters(spec) + 4 * spec.layers * spec.query_width * mean_sequence
+
+
 def flops_per_token(spec: ModelSpec, setup: Setup, mean_sequence: float) -> float:
     """Training FLOPs per processed token: 6N + attention for full fine-tuning (Kaplan et al. 2020, table 1; the
     attention term as in nanoGPT's estimate_mfu: 12 x layers x width x sequence).
@@ -277,14 +284,16 @@ def time_estimate(spec: ModelSpec, setup: Setup, workload: Workload, matmul_gflo
     if setup.method != "full":
         adapters = spec.layers * (4 if spec.family in LORA_ADAPTS_OUTPUT_PROJECTION else 3)
         adapter_time = adapters * processed_tokens * spec.hidden * LORA_BYTES_PER_ADAPTED_VALUE / bandwidth
-    forward_per_token = 2 * matmul_parameters(spec) + 4 * spec.layers * spec.query_width * workload.mean_sequence
+    forward_per_token = forward_flops_per_token(spec, workload.mean_sequence)
     inference_rate = matmul_gflops * 1e9 * INFERENCE_EFFICIENCY[setup.device]
     eval_time = forward_per_token * workload.eval_tokens * workload.evaluations / inference_rate
     prediction_forward = (2 * matmul_parameters(spec) + 4 * spec.layers * spec.query_width * workload.prediction_tokens)
     prediction_ms = prediction_forward * workload.prediction_tokens / inference_rate * 1000
+    teacher_time = workload.teacher_flops / inference_rate
     return TimeEstimate(train_flops=train_flops, train_gflops_per_s=rate / 1e9, matmul_time_s=matmul_time,
                         optimizer_time_s=optimizer_time, step_overhead_s=batches * STEP_OVERHEAD_S[setup.device],
-                        eval_time_s=eval_time, prediction_ms=prediction_ms, adapter_time_s=adapter_time)
+                        eval_time_s=eval_time, prediction_ms=prediction_ms, adapter_time_s=adapter_time,
+                        teacher_time_s=teacher_time)
 
 
 # ------------------------------------------------------------------------------------------------ cost

@@ -17,6 +17,7 @@ from slingshot.plan.estimate import (
     Workload,
     cost_per_1000_predictions_usd,
     cost_usd,
+    forward_flops_per_token,
     memory_estimate,
     time_estimate,
 )
@@ -140,7 +141,7 @@ def plan_method(spec: ModelSpec, setup: Setup, workload: Workload, hardware: Har
     note = "" if available else "QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels)"
     return MethodPlan(
         setup.method, setup, memory, timing, fits=memory.total_mb <= limit_mb, available=available,
-        train_cost_usd=cost_usd(timing.train_time_s + timing.eval_time_s, price),
+        train_cost_usd=cost_usd(timing.train_time_s + timing.eval_time_s + timing.teacher_time_s, price),
         cost_per_1000_predictions_usd=cost_per_1000_predictions_usd(timing.prediction_ms, price), note=note,
     )
 
@@ -283,4 +284,16 @@ def workload_of(recipe: Recipe, data: DataProfile) -> Workload:
     return Workload(train_tokens=data.train_tokens, epochs=epochs, padding_fraction=data.padding_fraction,
                     mean_sequence=data.mean_sequence, eval_tokens=data.eval_tokens, evaluations=evaluations,
                     prediction_tokens=data.mean_tokens, batches_per_epoch=data.batches_per_epoch,
-                    grad_accum=recipe.train.grad_accum)
+                    grad_accum=recipe.train.grad_accum, teacher_flops=teacher_flops(recipe, data))
+
+
+def teacher_flops(recipe: Recipe, data: DataProfile) -> float:
+    """train.distill: each teacher's forward pass over the training split, at its own size (its config.json).
+
+    Raises the same one-line error as training when a teacher cannot be found."""
+    if not recipe.train.distill.teachers:
+        return 0.0
+    from slingshot.distill import teacher_model_path
+
+    return sum(forward_flops_per_token(model_spec(str(teacher_model_path(teacher, recipe))), data.mean_sequence)
+               * data.train_tokens for teacher in recipe.train.distill.teachers)

@@ -34,9 +34,11 @@ def print_plan(plan: Plan, console: Console, *, brief: bool = False) -> None:
     table.add_column("")
     for name in plan.methods:
         table.add_column(name + (" (recipe)" if name == plan.chosen else ""), justify="right")
+    teachers = "  + teachers' pass, before training"
     rows: dict[str, list[str]] = {key: [] for key in (
         "fits", "peak memory", "  weights (+16-bit copies)", "  gradients + AdamW", "  activations",
-        "  runtime, libraries, slack", "training time (+ eval)", "training cost", "per 1,000 predictions")}
+        "  runtime, libraries, slack", "training time (+ eval)", *([teachers] if plan.workload.teacher_flops else []),
+        "training cost", "per 1,000 predictions")}
     for method in plan.methods.values():
         memory, timing = method.memory, method.time
         rows["fits"].append("n/a" if not method.available else ("yes" if method.fits else "[red]NO[/red]"))
@@ -46,6 +48,8 @@ def print_plan(plan: Plan, console: Console, *, brief: bool = False) -> None:
         rows["  activations"].append(gb(memory.activations_mb))
         rows["  runtime, libraries, slack"].append(gb(memory.runtime_mb))
         rows["training time (+ eval)"].append(format_duration(timing.train_time_s + timing.eval_time_s))
+        if plan.workload.teacher_flops:
+            rows[teachers].append(format_duration(timing.teacher_time_s))
         rows["training cost"].append(usd(method.train_cost_usd))
         rows["per 1,000 predictions"].append(usd(method.cost_per_1000_predictions_usd))
     for label, values in rows.items():
