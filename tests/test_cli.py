@@ -375,3 +375,10 @@ def test_too_few_rows_to_hold_out_eval_is_one_clear_error(cli, recipe_file, tmp_
     code, out, _ = cli("inspect", path, "--set", f"data.train={two}", "--json")
     assert code == 1
     assert {"check": "no rows", "split": "eval"}.items() <= json.loads(out)["problems"][0].items()
+
+
+def test_a_folder_as_recipe_and_an_impossible_port_are_one_clear_error(cli, tmp_path):
+    code, _, err = cli("inspect", tmp_path)
+    assert_one_clear_error(code, err, "is a folder, not a recipe file")
+    code, _, err = cli("serve", tmp_path, "--port", "99999")
+    assert_one_clear_error(code, err, "--port")

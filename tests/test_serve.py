@@ -359,3 +359,23 @@ def test_wrong_generation_requests_get_errors_and_the_server_keeps_answering(gen
     assert fragment in response.json()["error"]["message"]
     again = httpx.post(f"{generation_server.url}/v1/predict", json={"prompt": qa_pairs()[0]["prompt"]})
     assert again.status_code == 200 and again.json()["predictions"][0]["text"] == qa_pairs()[0]["completion"]
+
+
+def test_a_taken_port_is_one_clear_error_before_the_model_loads(tmp_path):
+    import socket
+
+    from slingshot.errors import SlingshotError
+    from slingshot.serve import bind_socket, serve
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(SlingshotError, match=f"cannot listen on 127.0.0.1:{port}: the port is in use"):
+            serve(str(tmp_path / "no-run"), "127.0.0.1", port, ServeLimits())  # the port is checked first
+    finally:
+        holder.close()
+    free = bind_socket("127.0.0.1", 0)
+    assert free.getsockname()[1] > 0
+    free.close()

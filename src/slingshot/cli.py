@@ -772,7 +772,7 @@ def export(
 def serve(
     run_dir: RunArg,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
     backend: BackendOpt = "torch",
     int8: Annotated[bool, typer.Option("--int8", help="With --backend onnx: the int8 export.")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="With --backend torch: bf16 autocast (CPUs with AVX512-BF16).")] = False,

@@ -701,6 +701,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"recipe file not found: {path}", "check the path, or start from examples/sst2/recipe.yaml")
+    if path.is_dir():
+        raise RecipeError(f"{path} is a folder, not a recipe file", "name the recipe's YAML file, e.g. examples/sst2/recipe.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -719,7 +721,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def recipe_from_dict(raw: dict[str, Any], base_dir: Path | str = ".", source: str = "recipe") -> Recipe:
     problems = unknown_key_problems(raw, Recipe)
     if problems:
-        raise RecipeError(f"{source}: " + "; ".join(problems), "fix the keys named above (see `slingshot recipe --help-fields`)")
+        raise RecipeError(f"{source}: " + "; ".join(problems), "fix the keys named above (`slingshot fields` lists every field)")
     try:
         recipe = Recipe(**raw)
     except ValidationError as exc:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import errno
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slingshot import __version__
+from slingshot.errors import SlingshotError
 from slingshot.serve_requests import (
     EXPECTS,
     Decoding,
@@ -387,13 +390,31 @@ def serve(run_path: str, host: str, port: int, limits: ServeLimits, backend: str
     from slingshot.predictor import load_predictor
     from slingshot.train import default_threads
 
+    sock = bind_socket(host, port)  # before the model loads: a taken port is a clear error at once
     loaded = load_run(run_path, threads=threads)
     torch.set_num_threads(threads or default_threads())
     predictor = load_predictor(loaded, backend=backend, precision=precision, int8=int8, threads=threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     app = build_app(predictor, loaded, limits)
+    port = sock.getsockname()[1]  # --port 0: the one the OS picked
     log.info("serving %s (%s) on http://%s:%d", loaded.run.path, predictor.name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on host:port, or one clear error (port taken, address not on this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        reason = "the port is in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+        raise SlingshotError(f"cannot listen on {host}:{port}: {reason}",
+                             "pick another --port, or stop the program that holds it") from None
+    return sock
 
 
 def auth_token_from_env(variable: str | None) -> str | None:
