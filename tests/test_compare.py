@@ -231,3 +231,72 @@ def test_run_compares_after_training_when_the_recipe_asks(tmp_path, tiny_bert, t
         assert not exit_.code, capsys.readouterr().err
     report = json.loads((tmp_path / "runs" / "toy" / "comparison.json").read_text())
     assert [row["kind"] for row in report["systems"]] == ["fine-tuned", "majority"]
+
+
+# ---------------------------------------------------------------------------------------------------- extractive QA
+
+
+def positive_word(prompt: str) -> str:
+    context = prompt.split("Context: ", 1)[1].split("\n\nQuestion:")[0]
+    return next((word for word in context.split() if word in POSITIVE), "")
+
+
+@pytest.fixture
+def qa_run_copy(qa_trained_run, tmp_path, tiny_bert):
+    """A private copy of the QA run whose recipe scores answer similarity with the tiny BERT."""
+    import yaml
+
+    run = shutil.copytree(qa_trained_run, tmp_path / "qa-run")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["similarity"] = {**recipe.get("similarity", {}), "enabled": True, "model": str(tiny_bert)}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return run
+
+
+def test_qa_runs_compare_on_f1_with_the_first_sentence_an_llm_and_another_run(qa_run_copy, qa_trained_run,
+                                                                             fake_llm):
+    from slingshot.compare_answers import clean_answer, per_question
+
+    def reply(request, number):  # right, quoted, empty (invalid) or a wrong span
+        word = positive_word(request["messages"][-1]["content"])
+        return [word, f'Answer: "{word}"', "", "the movie"][number % 4]
+
+    server = fake_llm(reply)
+    comparison = compare_run(str(qa_run_copy), options(server.url, baselines=["first_sentence", "llm",
+                                                                                str(qa_trained_run)]))
+    report = comparison.report
+    assert report["primary_metric"] == "f1" and report["examples"] == 40 and len(server.requests) == 40
+    assert [row["kind"] for row in report["systems"]] == ["fine-tuned", "first_sentence", "llm", "run"]
+    ours, first, llm, same = report["systems"]
+    assert ours["metrics"]["f1"]["value"] >= 0.8 and first["metrics"]["f1"]["value"] < 0.3
+    for row in report["systems"]:
+        for metric in ("f1", "exact_match", "similarity", "acceptable"):
+            value = row["metrics"][metric]
+            assert value["ci_low"] <= value["value"] <= value["ci_high"], (row["name"], metric)
+    assert llm["invalid_answers"] == 10  # the empty replies
+    # the LLM's F1, recomputed from what the server answered
+    answers = [clean_answer(reply(r, n)) for n, r in enumerate(server.requests)]
+    assert answers[1] == answers[0] and answers[2] is None
+    golds = [[positive_word(r["messages"][-1]["content"])] for r in server.requests]
+    assert llm["metrics"]["f1"]["value"] == pytest.approx(per_question(answers, golds)[1].mean())
+    assert llm["metrics"]["f1"]["value"] == pytest.approx(0.5)
+    tests = {test["baseline"]: test for test in report["tests"]}
+    assert tests[first["name"]]["verdict"] == "better" and tests[first["name"]]["test"] == "paired bootstrap (F1)"
+    assert tests[same["name"]]["verdict"] == "not distinguishable" and tests[same["name"]]["agreement"] == 1.0
+    assert "F1" in tests[first["name"]]["sentence"]
+    records = [json.loads(line) for line in comparison.paths["disagreements"].read_text().splitlines()]
+    assert records and all(isinstance(r["gold"], list) for r in records)
+    assert all((ours["name"] in r["correct"]) == (r["answers"][ours["name"]] in r["gold"]) for r in records)
+    markdown = comparison.paths["markdown"].read_text()
+    assert "| System | f1 (95% CI) | exact_match (95% CI)" in markdown and "mean similarity" in markdown
+
+
+def test_baselines_that_do_not_fit_the_task_are_a_clear_error(qa_run_copy, run_copy, generation_trained_run):
+    with pytest.raises(RecipeError, match="baseline 'majority' compares labels; this run answers questions"):
+        compare_run(str(qa_run_copy), options(baselines=["majority"]))
+    with pytest.raises(RecipeError, match="baseline 'first_sentence' answers questions"):
+        compare_run(str(run_copy), options(baselines=["first_sentence"]))
+    with pytest.raises(RecipeError, match="is a classification run"):
+        compare_run(str(qa_run_copy), options(baselines=[str(run_copy)]))
+    with pytest.raises(RecipeError, match="compare ranks classification, regression and extractive-QA runs"):
+        compare_run(str(generation_trained_run), options(baselines=["llm"]))

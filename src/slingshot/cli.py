@@ -45,7 +45,6 @@ HardwareOpt = Annotated[str | None, typer.Option(
 def _print_version(value: bool) -> None:
     if value:
         from slingshot import __version__
-
         from slingshot.allocator import preloaded
 
         out.print(f"slingshot {__version__} (memory allocator: {preloaded() or 'system'})")

@@ -28,8 +28,20 @@ from slingshot.baselines import (
     pick_shots,
     time_local,
 )
+from slingshot.compare_answers import (
+    QA_BASELINES,
+    first_sentence_baseline,
+    is_right,
+    llm_reader,
+    other_qa_run,
+    per_question,
+    qa_examples,
+    reader,
+    similarities,
+)
 from slingshot.errors import DataError, RecipeError, RunDirError
-from slingshot.recipe import CompareSection
+from slingshot.metrics import exact_match
+from slingshot.recipe import CompareSection, SimilaritySection
 from slingshot.rundir import RunDir, write_json, write_jsonl
 from slingshot.stats import (
     bootstrap_ci,
@@ -39,7 +51,7 @@ from slingshot.stats import (
     paired_bootstrap_p,
 )
 
-BUILTIN_BASELINES = ("majority", "embedding", "llm", "teacher")
+BUILTIN_BASELINES = ("majority", "embedding", "llm", "teacher", "first_sentence")
 
 
 @dataclass
@@ -75,23 +87,42 @@ def compare_run(run_path: str, options: CompareSection, *, data_path: str | None
     if paths["json"].exists() and not force:
         raise RunDirError(f"{loaded.run.path} already has a comparison ({paths['json'].name})",
                           "pass --force to replace it, or copy it away first")
-    regression = loaded.label_names is None
+    task = loaded.recipe.task
+    if task not in ("classification", "regression", "extractive_qa"):
+        raise RecipeError(f"compare ranks classification, regression and extractive-QA runs; {loaded.run.path} is "
+                          f"a {task} run", "score it with `slingshot evaluate` (metrics and answer similarity)")
+    answers = task == "extractive_qa"
+    regression = loaded.label_names is None and not answers
     for name in options.baselines:
         if name in ("embedding", "llm", "teacher") and regression:
             raise RecipeError(f"baseline '{name}' compares labels; this run is a regression",
                               "use majority (the mean) or another run")
+        if answers and name in BUILTIN_BASELINES and name not in QA_BASELINES:
+            raise RecipeError(f"baseline '{name}' compares labels; this run answers questions",
+                              f"use {', '.join(QA_BASELINES)} or another extractive_qa run")
+        if not answers and name == "first_sentence":
+            raise RecipeError("baseline 'first_sentence' answers questions; this run predicts labels",
+                              "use majority, embedding, llm, teacher or another run")
 
-    examples, train_labels, train_texts, source = comparison_examples(loaded, options, data_path)
+    if answers:
+        examples, source = qa_examples(loaded, options, data_path)
+        train_labels, train_texts = [], []
+    else:
+        examples, train_labels, train_texts, source = comparison_examples(loaded, options, data_path)
     log(f"comparing on {len(examples.gold)} examples from {source}")
 
     systems: list[SystemPredictions] = []
     parameters = count_parameters(loaded.model)["total"]
+    predict = reader(loaded) if answers else (lambda texts, pairs: predict_labels(loaded, texts, pairs))
     systems.append(time_local(f"fine-tuned {Path(loaded.recipe.model.name).name} ({loaded.run.path.name})",
-                              "fine-tuned", lambda texts, pairs: predict_labels(loaded, texts, pairs),
-                              examples, options, parameters))
+                              "fine-tuned", predict, examples, options, parameters))
     for name in options.baselines:
         log(f"baseline: {name}")
-        if name == "majority":
+        if name == "first_sentence":
+            systems.append(first_sentence_baseline(examples))
+        elif name == "llm" and answers:
+            systems.append(llm_reader(examples, options, on_llm_result))
+        elif name == "majority":
             systems.append(majority(train_labels, len(examples.gold), regression))
         elif name == "embedding":
             predict, size = embedding_predictor(options.embedding_model, loaded.label_names,
@@ -109,11 +140,12 @@ def compare_run(run_path: str, options: CompareSection, *, data_path: str | None
             systems.append(other_run(name, loaded, examples, options))
 
     summary = json.loads(loaded.run.summary.read_text(encoding="utf-8")) if loaded.run.summary.is_file() else {}
-    report = score(systems, examples, loaded.label_names, options, summary, source)
+    similarity = loaded.recipe.similarity if answers else None
+    report = score(systems, examples, loaded.label_names, options, summary, source, similarity=similarity)
     markdown = render_markdown(report)
     write_json(paths["json"], report)
     paths["markdown"].write_text(markdown, encoding="utf-8")
-    write_jsonl(paths["disagreements"], disagreements(systems, examples))
+    write_jsonl(paths["disagreements"], disagreements(systems, examples, is_right if answers else None))
     return Comparison(report, markdown, paths)
 
 
@@ -154,6 +186,11 @@ def other_run(path: str, loaded, examples: Examples, options: CompareSection) ->
     except RunDirError as error:
         raise RecipeError(f"baseline '{path}' is not a built-in baseline ({', '.join(BUILTIN_BASELINES)}) "
                           f"nor a finished run: {error.message}", error.hint) from error
+    if loaded.recipe.task == "extractive_qa" or other.recipe.task == "extractive_qa":
+        if loaded.recipe.task != other.recipe.task:
+            raise RecipeError(f"run {other.run.path} is a {other.recipe.task} run; {loaded.run.path} is "
+                              f"{loaded.recipe.task}", "compare runs of the same task")
+        return other_qa_run(other, examples, options)
     if (other.label_names is None) != (loaded.label_names is None) or (
             other.label_names is not None and set(other.label_names) != set(loaded.label_names)):
         raise RecipeError(f"run {other.run.path} predicts other labels ({other.label_names}) than "
@@ -180,14 +217,38 @@ def macro_f1(predicted: np.ndarray, gold: np.ndarray, classes: int) -> float:
 
 
 def score(systems: list[SystemPredictions], examples: Examples, label_names: list[str] | None,
-          options: CompareSection, summary: dict[str, Any], source: str) -> dict[str, Any]:
-    """Metrics with intervals per system, paired tests and verdicts against the fine-tuned model, costs."""
+          options: CompareSection, summary: dict[str, Any], source: str,
+          similarity: SimilaritySection | None = None) -> dict[str, Any]:
+    """Metrics with intervals per system, paired tests and verdicts against the fine-tuned model, costs.
+
+    `similarity` marks a comparison of text answers (extractive QA): gold is a list of answers per example."""
     count = len(examples.gold)
     indices = bootstrap_indices(count, options.bootstrap_samples, options.seed)
     level = options.confidence
     fine_tuned = systems[0]
     rows, tests = [], []
-    if label_names is not None:
+    if similarity is not None:
+        scored = [per_question(system.predictions, examples.gold) for system in systems]
+        cosines = similarities(systems, examples.gold, similarity)
+        for position, (system, (em, f1)) in enumerate(zip(systems, scored)):
+            metrics = {"f1": (float(f1.mean()), *mean_ci(f1, indices, level)),
+                       "exact_match": (float(em.mean()), *mean_ci(em, indices, level))}
+            if cosines is not None:
+                cosine = cosines[position]
+                acceptable = (cosine >= similarity.acceptable).astype(float)
+                metrics["similarity"] = (float(cosine.mean()), *mean_ci(cosine, indices, level))
+                metrics["acceptable"] = (float(acceptable.mean()), *mean_ci(acceptable, indices, level))
+            rows.append(_row(system, metrics))
+        for system, (em, f1) in zip(systems[1:], scored[1:]):
+            ours = scored[0][1]
+            p_value, difference = paired_bootstrap_p(lambda r, a=ours: float(a[r].mean()),
+                                                     lambda r, b=f1: float(b[r].mean()), indices)
+            tests.append({"baseline": system.name, "test": "paired bootstrap (F1)", "p_value": p_value,
+                          "difference": difference,
+                          "agreement": float(np.mean([exact_match(a or "", b or "") for a, b in
+                                                      zip(systems[0].predictions, system.predictions)]))})
+        primary = "f1"
+    elif label_names is not None:
         index = {name: i for i, name in enumerate(label_names)}
         gold = np.array([index[label] for label in examples.gold])
         encoded = [np.array([index.get(p, len(label_names)) if p is not None else len(label_names)
@@ -283,8 +344,10 @@ def _verdict(test: dict[str, Any], level: float) -> str:
 
 def _sentence(test: dict[str, Any], ours: dict, theirs: dict, primary: str, level: float) -> str:
     mine, other = ours["metrics"][primary]["value"], theirs["metrics"][primary]["value"]
-    if primary == "accuracy":
-        figures = f"accuracy {mine:.1%} vs {other:.1%} ({(mine - other) * 100:+.1f} points, p = {test['p_value']:.3g})"
+    if primary in ("accuracy", "f1"):
+        name = "accuracy" if primary == "accuracy" else "F1"
+        figures = (f"{name} {mine * 100:.1f} vs {other * 100:.1f}{'%' if primary == 'accuracy' else ''} "
+                   f"({(mine - other) * 100:+.1f} points, p = {test['p_value']:.3g})")
     else:
         figures = f"RMSE {mine:.4g} vs {other:.4g} (p = {test['p_value']:.3g})"
     head = {"better": "is better than", "worse": "is worse than",
@@ -324,8 +387,8 @@ def _usd(value: float | None) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     primary = report["primary_metric"]
-    second = "macro_f1" if primary == "accuracy" else "mae"
-    pct = primary == "accuracy"
+    second = {"accuracy": "macro_f1", "f1": "exact_match"}.get(primary, "mae")
+    pct = primary in ("accuracy", "f1")
     level = f"{report['confidence']:.0%}"
 
     def fmt(value: float) -> str:
@@ -346,6 +409,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     for item in report["published"]:
         value = fmt(item["value"]) if item["metric"] == primary else f"{item['metric']} {item['value']:.3g}"
         lines.append(f"| {item['name']} (published, not measured: {item['source']}) | {value} | | | | | | |")
+    if primary == "f1" and any("similarity" in row["metrics"] for row in report["systems"]):
+        lines += ["", "Answer similarity (embedding cosine with the closest gold answer; acceptable at the run's "
+                  "similarity.acceptable threshold):", "", f"| System | mean similarity ({level} CI) | acceptable |",
+                  "|---|---|---|"]
+        for row in report["systems"]:
+            cosine, share = row["metrics"]["similarity"], row["metrics"]["acceptable"]
+            lines.append(f"| {row['name']} | {cosine['value']:.3f} [{cosine['ci_low']:.3f}, {cosine['ci_high']:.3f}] | "
+                         f"{share['value']:.1%} |")
     lines += ["", "## Verdicts", ""]
     for test in report["tests"]:
         extra = (f" Fine-tuning pays for itself after {test['break_even_predictions']:,} predictions."
@@ -373,8 +444,12 @@ def _count(value: int | None) -> str:
     return f"{value / 1e6:.1f}M" if value < 1e9 else f"{value / 1e9:.1f}B"
 
 
-def disagreements(systems: list[SystemPredictions], examples: Examples) -> list[dict[str, Any]]:
-    """Examples on which the systems do not all give the same answer, with every system's answer."""
+def disagreements(systems: list[SystemPredictions], examples: Examples,
+                  is_right: Callable[[Any, Any], bool] | None = None) -> list[dict[str, Any]]:
+    """Examples on which the systems do not all give the same answer, with every system's answer.
+
+    `is_right(answer, gold)` decides which answers are correct (default: equal to gold)."""
+    is_right = is_right or (lambda answer, gold: answer == gold)
     records = []
     for i, gold in enumerate(examples.gold):
         answers = {system.name: system.predictions[i] for system in systems}
@@ -384,7 +459,7 @@ def disagreements(systems: list[SystemPredictions], examples: Examples) -> list[
                 record["text_pair"] = examples.pairs[i]
             record["gold"] = gold
             record["answers"] = answers
-            record["correct"] = [name for name, answer in answers.items() if answer == gold]
+            record["correct"] = [name for name, answer in answers.items() if is_right(answer, gold)]
             records.append(record)
     return records
 
