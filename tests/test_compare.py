@@ -292,11 +292,34 @@ def test_qa_runs_compare_on_f1_with_the_first_sentence_an_llm_and_another_run(qa
 
 
 def test_baselines_that_do_not_fit_the_task_are_a_clear_error(qa_run_copy, run_copy, generation_trained_run):
-    with pytest.raises(RecipeError, match="baseline 'majority' compares labels; this run answers questions"):
+    with pytest.raises(RecipeError, match="baseline 'majority' does not answer extractive_qa examples"):
         compare_run(str(qa_run_copy), options(baselines=["majority"]))
     with pytest.raises(RecipeError, match="baseline 'first_sentence' answers questions"):
         compare_run(str(run_copy), options(baselines=["first_sentence"]))
     with pytest.raises(RecipeError, match="is a classification run"):
         compare_run(str(qa_run_copy), options(baselines=[str(run_copy)]))
-    with pytest.raises(RecipeError, match="compare ranks classification, regression and extractive-QA runs"):
-        compare_run(str(generation_trained_run), options(baselines=["llm"]))
+    with pytest.raises(RecipeError, match="baseline 'first_sentence' does not answer generation examples"):
+        compare_run(str(generation_trained_run), options(baselines=["first_sentence"]))
+
+
+def test_a_generation_run_compares_with_an_llm_asked_the_same_conversation(generation_trained_run, tmp_path,
+                                                                           fake_llm):
+    from conftest import qa_pairs
+
+    answers = {pair["prompt"]: pair["completion"] for pair in qa_pairs()}
+
+    def reply(request, number):  # right for even-numbered requests, a wrong answer otherwise
+        asked = request["messages"][-1]["content"]
+        return answers[asked] if number % 2 == 0 else "purple walrus"
+
+    server = fake_llm(reply)
+    run = shutil.copytree(generation_trained_run, tmp_path / "gen-run")
+    comparison = compare_run(str(run), options(server.url, baselines=["llm"]))
+    report = comparison.report
+    assert [m["role"] for m in server.requests[0]["messages"]] == ["user"]  # the conversation, not a QA prompt
+    ours, llm = report["systems"]
+    assert llm["name"] == "scripted (same conversation)" and report["examples"] == 20
+    assert ours["metrics"]["exact_match"]["value"] == pytest.approx(1.0)  # it memorised them
+    assert llm["metrics"]["exact_match"]["value"] == pytest.approx(0.5)
+    assert {"f1", "exact_match", "rouge_l"} <= set(llm["metrics"])
+    assert report["tests"][0]["verdict"] == "better"

@@ -29,18 +29,20 @@ from slingshot.baselines import (
     time_local,
 )
 from slingshot.compare_answers import (
+    CHAT_BASELINES,
     QA_BASELINES,
+    TEXT_TASKS,
+    answer_examples,
     first_sentence_baseline,
     is_right,
     llm_reader,
-    other_qa_run,
+    other_text_run,
     per_question,
-    qa_examples,
     reader,
     similarities,
 )
 from slingshot.errors import DataError, RecipeError, RunDirError
-from slingshot.metrics import exact_match
+from slingshot.metrics import exact_match, rouge_l
 from slingshot.recipe import CompareSection, SimilaritySection
 from slingshot.rundir import RunDir, write_json, write_jsonl
 from slingshot.stats import (
@@ -88,24 +90,22 @@ def compare_run(run_path: str, options: CompareSection, *, data_path: str | None
         raise RunDirError(f"{loaded.run.path} already has a comparison ({paths['json'].name})",
                           "pass --force to replace it, or copy it away first")
     task = loaded.recipe.task
-    if task not in ("classification", "regression", "extractive_qa"):
-        raise RecipeError(f"compare ranks classification, regression and extractive-QA runs; {loaded.run.path} is "
-                          f"a {task} run", "score it with `slingshot evaluate` (metrics and answer similarity)")
-    answers = task == "extractive_qa"
+    answers = task in TEXT_TASKS
     regression = loaded.label_names is None and not answers
     for name in options.baselines:
         if name in ("embedding", "llm", "teacher") and regression:
             raise RecipeError(f"baseline '{name}' compares labels; this run is a regression",
                               "use majority (the mean) or another run")
-        if answers and name in BUILTIN_BASELINES and name not in QA_BASELINES:
-            raise RecipeError(f"baseline '{name}' compares labels; this run answers questions",
-                              f"use {', '.join(QA_BASELINES)} or another extractive_qa run")
+        fitting = QA_BASELINES if task == "extractive_qa" else CHAT_BASELINES
+        if answers and name in BUILTIN_BASELINES and name not in fitting:
+            raise RecipeError(f"baseline '{name}' does not answer {task} examples",
+                              f"use {', '.join(fitting)} or another {task} run")
         if not answers and name == "first_sentence":
             raise RecipeError("baseline 'first_sentence' answers questions; this run predicts labels",
                               "use majority, embedding, llm, teacher or another run")
 
     if answers:
-        examples, source = qa_examples(loaded, options, data_path)
+        examples, source = answer_examples(loaded, options, data_path)
         train_labels, train_texts = [], []
     else:
         examples, train_labels, train_texts, source = comparison_examples(loaded, options, data_path)
@@ -141,7 +141,8 @@ def compare_run(run_path: str, options: CompareSection, *, data_path: str | None
 
     summary = json.loads(loaded.run.summary.read_text(encoding="utf-8")) if loaded.run.summary.is_file() else {}
     similarity = loaded.recipe.similarity if answers else None
-    report = score(systems, examples, loaded.label_names, options, summary, source, similarity=similarity)
+    report = score(systems, examples, loaded.label_names, options, summary, source, similarity=similarity,
+                   generated=task in ("generation", "seq2seq"))
     markdown = render_markdown(report)
     write_json(paths["json"], report)
     paths["markdown"].write_text(markdown, encoding="utf-8")
@@ -186,11 +187,8 @@ def other_run(path: str, loaded, examples: Examples, options: CompareSection) ->
     except RunDirError as error:
         raise RecipeError(f"baseline '{path}' is not a built-in baseline ({', '.join(BUILTIN_BASELINES)}) "
                           f"nor a finished run: {error.message}", error.hint) from error
-    if loaded.recipe.task == "extractive_qa" or other.recipe.task == "extractive_qa":
-        if loaded.recipe.task != other.recipe.task:
-            raise RecipeError(f"run {other.run.path} is a {other.recipe.task} run; {loaded.run.path} is "
-                              f"{loaded.recipe.task}", "compare runs of the same task")
-        return other_qa_run(other, examples, options)
+    if loaded.recipe.task in TEXT_TASKS or other.recipe.task in TEXT_TASKS:
+        return other_text_run(other, loaded.recipe.task, examples, options)
     if (other.label_names is None) != (loaded.label_names is None) or (
             other.label_names is not None and set(other.label_names) != set(loaded.label_names)):
         raise RecipeError(f"run {other.run.path} predicts other labels ({other.label_names}) than "
@@ -218,10 +216,11 @@ def macro_f1(predicted: np.ndarray, gold: np.ndarray, classes: int) -> float:
 
 def score(systems: list[SystemPredictions], examples: Examples, label_names: list[str] | None,
           options: CompareSection, summary: dict[str, Any], source: str,
-          similarity: SimilaritySection | None = None) -> dict[str, Any]:
+          similarity: SimilaritySection | None = None, generated: bool = False) -> dict[str, Any]:
     """Metrics with intervals per system, paired tests and verdicts against the fine-tuned model, costs.
 
-    `similarity` marks a comparison of text answers (extractive QA): gold is a list of answers per example."""
+    `similarity` marks a comparison of text answers: gold is a list of answers per example; `generated` adds
+    ROUGE-L (generation, seq2seq)."""
     count = len(examples.gold)
     indices = bootstrap_indices(count, options.bootstrap_samples, options.seed)
     level = options.confidence
@@ -233,6 +232,9 @@ def score(systems: list[SystemPredictions], examples: Examples, label_names: lis
         for position, (system, (em, f1)) in enumerate(zip(systems, scored)):
             metrics = {"f1": (float(f1.mean()), *mean_ci(f1, indices, level)),
                        "exact_match": (float(em.mean()), *mean_ci(em, indices, level))}
+            if generated:
+                rouge = per_question(system.predictions, examples.gold, rouge_l)[1]
+                metrics["rouge_l"] = (float(rouge.mean()), *mean_ci(rouge, indices, level))
             if cosines is not None:
                 cosine = cosines[position]
                 acceptable = (cosine >= similarity.acceptable).astype(float)
@@ -410,13 +412,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         value = fmt(item["value"]) if item["metric"] == primary else f"{item['metric']} {item['value']:.3g}"
         lines.append(f"| {item['name']} (published, not measured: {item['source']}) | {value} | | | | | | |")
     if primary == "f1" and any("similarity" in row["metrics"] for row in report["systems"]):
+        rouge = any("rouge_l" in row["metrics"] for row in report["systems"])
         lines += ["", "Answer similarity (embedding cosine with the closest gold answer; acceptable at the run's "
-                  "similarity.acceptable threshold):", "", f"| System | mean similarity ({level} CI) | acceptable |",
-                  "|---|---|---|"]
+                  "similarity.acceptable threshold):", "",
+                  f"| System | mean similarity ({level} CI) | acceptable |" + (" ROUGE-L |" if rouge else ""),
+                  "|---|---|---|" + ("---|" if rouge else "")]
         for row in report["systems"]:
             cosine, share = row["metrics"]["similarity"], row["metrics"]["acceptable"]
             lines.append(f"| {row['name']} | {cosine['value']:.3f} [{cosine['ci_low']:.3f}, {cosine['ci_high']:.3f}] | "
-                         f"{share['value']:.1%} |")
+                         f"{share['value']:.1%} |" + (f" {row['metrics']['rouge_l']['value'] * 100:.1f} |" if rouge else ""))
     lines += ["", "## Verdicts", ""]
     for test in report["tests"]:
         extra = (f" Fine-tuning pays for itself after {test['break_even_predictions']:,} predictions."

@@ -1,13 +1,16 @@
-"""`slingshot compare` for extractive-QA runs: the fine-tuned reader against the first sentence of each context, an
-LLM that reads the same context, and other QA runs, on the same questions.
+"""`slingshot compare` for runs that answer in text: extractive QA (the reader against the first sentence of each
+context, an LLM that reads the same context, other QA runs) and generation / seq2seq (against an LLM asked the same
+conversation, and other runs of the task), on the same examples.
 
-Each system's answers are scored per question (SQuAD exact match and token F1, the best over the gold answers;
-answer-embedding similarity and its acceptable share); `compare.score` adds bootstrap intervals, a paired
-bootstrap test on F1 against the fine-tuned model, costs and the verdict, as for classifiers.
+Each system's answers are scored per example (SQuAD exact match and token F1, the best over the gold answers;
+ROUGE-L for generated answers; answer-embedding similarity and its acceptable share); `compare.score` adds
+bootstrap intervals, a paired bootstrap test on F1 against the fine-tuned model, costs and the verdict, as for
+classifiers.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable
@@ -23,45 +26,62 @@ from slingshot.recipe import CompareSection, SimilaritySection
 from slingshot.stats import percentiles_ms
 
 QA_BASELINES = ("first_sentence", "llm")
+CHAT_BASELINES = ("llm",)
+TEXT_TASKS = ("extractive_qa", "generation", "seq2seq")
 LLM_SYSTEM = ("You answer questions about a text. Reply with the shortest span of the context that answers the "
               "question, copied word for word, and nothing else.")
 
 
-def qa_examples(loaded, options: CompareSection, data_path: str | None) -> tuple[Examples, str]:
-    """Questions (texts), their contexts (pairs) and gold answer lists: the run's split or a SQuAD/JSONL file."""
-    from slingshot.data import load_data
-    from slingshot.qa_data import read_qa_examples, usable_examples
+def answer_examples(loaded, options: CompareSection, data_path: str | None) -> tuple[Examples, str]:
+    """The examples every system answers: the run's split or a file in the run's format, seeded sample.
+
+    Extractive QA: texts are questions, pairs their contexts. Generation: texts are the conversations up to the
+    reference answer (JSON), pairs None. Gold: a list of reference answers per example."""
+    from slingshot.chat_data import prompt_messages, reference_answer
+    from slingshot.data import load_data, load_file
 
     if data_path is not None:
-        records, source = read_qa_examples(data_path)
-        kept, _ = usable_examples(records, source, need_answers=True)
-        if not kept:
-            raise DataError(f"{source}: no question with a context and an answer", "compare on a labelled QA file")
-        rows = [(r["question"], r["context"], list(r["answers"])) for r in kept]
+        dataset, _ = load_file(data_path, loaded.recipe, None, need_label=True)
+        source = data_path
     else:
         data = load_data(loaded.recipe, splits=("train", options.split))
         if options.split not in data.splits:
             raise DataError(f"the run's recipe has no {options.split} split", "use --split eval, or pass --data FILE")
         dataset, source = data.splits[options.split], data.sources[options.split]
-        rows = list(zip(dataset["question"], dataset["context"], dataset["answers"]))
+    rows = list(range(len(dataset)))
     if options.limit is not None and options.limit < len(rows):
-        rows = [rows[i] for i in sorted(random.Random(options.seed).sample(range(len(rows)), options.limit))]
-    return Examples([q for q, _, _ in rows], [c for _, c, _ in rows], [a for _, _, a in rows]), source
+        rows = sorted(random.Random(options.seed).sample(rows, options.limit))
+    dataset = dataset.select(rows)
+    if loaded.recipe.task == "extractive_qa":
+        return Examples(list(dataset["question"]), list(dataset["context"]), [list(a) for a in dataset["answers"]]), source
+    conversations = list(dataset["messages"])
+    return Examples([json.dumps(prompt_messages(m), ensure_ascii=False) for m in conversations], None,
+                    [[reference_answer(m) or ""] for m in conversations]), source
 
 
 def reader(loaded) -> Callable[[list[str], list[str] | None], list[str]]:
-    """A QA run as a predictor of answer texts for (questions, contexts)."""
-    from slingshot.evaluate import predict_answers
+    """A run as a predictor of answer texts: (questions, contexts) for QA, (conversations as JSON, None) else."""
+    from datasets import Dataset
 
-    return lambda questions, contexts: [r["predicted"] for r in predict_answers(loaded, questions, contexts or [])]
+    from slingshot.evaluate import predict_answers, predict_dataset
+
+    if loaded.recipe.task == "extractive_qa":
+        return lambda questions, contexts: [r["predicted"] for r in predict_answers(loaded, questions, contexts or [])]
+
+    def generate(conversations: list[str], _: list[str] | None) -> list[str]:
+        dataset = Dataset.from_list([{"messages": json.loads(c), "row": i} for i, c in enumerate(conversations, 1)])
+        return [r["predicted"] for r in predict_dataset(loaded, dataset)]
+
+    return generate
 
 
-def other_qa_run(run, examples: Examples, options: CompareSection) -> SystemPredictions:
+def other_text_run(run, task: str, examples: Examples, options: CompareSection) -> SystemPredictions:
     from slingshot.models import count_parameters
 
-    if run.recipe.task != "extractive_qa":
-        raise RecipeError(f"run {run.run.path} is a {run.recipe.task} run; this comparison is of extractive QA",
-                          "compare with another extractive_qa run")
+    same = run.recipe.task == task or {run.recipe.task, task} == {"generation", "seq2seq"}
+    if not same:
+        raise RecipeError(f"run {run.run.path} is a {run.recipe.task} run; this comparison is of {task}",
+                          f"compare with another {task} run")
     return time_local(f"{Path(run.recipe.model.name).name} ({run.run.path.name})", "run", reader(run), examples,
                       options, count_parameters(run.model)["total"])
 
@@ -90,15 +110,22 @@ def clean_answer(text: str) -> str | None:
 
 
 def llm_reader(examples: Examples, options: CompareSection, on_result: Callable | None = None) -> SystemPredictions:
-    """Ask the endpoint each question with its context (through the cache); an empty reply is an invalid answer."""
+    """Ask the endpoint every example (through the cache): a QA question with its context, or a conversation as the
+    fine-tuned model saw it. An empty reply is an invalid answer."""
     endpoint = options.llm
-    requests = [ChatRequest.of(LLM_SYSTEM, qa_prompt(q, c)) for q, c in zip(examples.texts, examples.pairs or [])]
+    if examples.pairs is not None:
+        requests = [ChatRequest.of(LLM_SYSTEM, qa_prompt(q, c)) for q, c in zip(examples.texts, examples.pairs)]
+        name = f"{endpoint.model} (reads the context)"
+    else:
+        requests = [ChatRequest(messages=tuple((m["role"], m["content"]) for m in json.loads(text)))
+                    for text in examples.texts]
+        name = f"{endpoint.model} (same conversation)"
     client = LLMClient(endpoint)
     try:
         results, usage = client.complete(requests, on_result=on_result)
     finally:
         client.cache.close()
-    answers = [clean_answer(result.text) for result in results]
+    answers = [clean_answer(r.text) if examples.pairs is not None else (r.text.strip() or None) for r in results]
     cost = token_cost_usd(usage.prompt_tokens, usage.completion_tokens, endpoint)
     wall_s = sum(result.latency_s for result in results)
     details = {"base_url": endpoint.base_url, "model": endpoint.model, "prompt_tokens": usage.prompt_tokens,
@@ -106,16 +133,18 @@ def llm_reader(examples: Examples, options: CompareSection, on_result: Callable 
                "malformed_responses": sum(result.error is not None for result in results),
                "prices_per_1m_usd": prices_per_1m_usd(endpoint), "cost_usd": cost}
     return SystemPredictions(
-        f"{endpoint.model} (reads the context)", "llm", answers, percentiles_ms([r.latency_s for r in results]),
+        name, "llm", answers, percentiles_ms([r.latency_s for r in results]),
         throughput_per_s=len(results) / wall_s * endpoint.concurrency if wall_s > 0 else None,
         cost_per_1k_usd=cost / max(len(results), 1) * 1000 if cost is not None else None, details=details)
 
 
-def per_question(answers: list[str | None], golds: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Exact match and token F1 of each answer (0-1, the best over its gold answers; no answer scores 0)."""
-    em = [max((exact_match(a or "", g) for g in gold), default=0.0) if a else 0.0 for a, gold in zip(answers, golds)]
-    f1 = [max((token_f1(a or "", g) for g in gold), default=0.0) if a else 0.0 for a, gold in zip(answers, golds)]
-    return np.asarray(em), np.asarray(f1)
+def per_question(answers: list[str | None], golds: list[list[str]],
+                 scorer: Callable[[str, str], float] = token_f1) -> tuple[np.ndarray, np.ndarray]:
+    """Exact match and `scorer` (token F1, or ROUGE-L) of each answer: 0-1, the best over its gold answers; no
+    answer scores 0."""
+    em = [max((exact_match(a, g) for g in gold), default=0.0) if a else 0.0 for a, gold in zip(answers, golds)]
+    other = [max((scorer(a, g) for g in gold), default=0.0) if a else 0.0 for a, gold in zip(answers, golds)]
+    return np.asarray(em), np.asarray(other)
 
 
 def similarities(systems: list[SystemPredictions], golds: list[list[str]],

@@ -124,7 +124,7 @@ def predict_file(loaded: LoadedRun, path: str, backend: str = "torch") -> tuple[
     if loaded.task.name == "extractive_qa":
         return _answer(loaded, dataset, backend), skipped
     if loaded.task.name not in ("classification", "regression"):
-        return _predict(loaded, dataset), skipped
+        return predict_dataset(loaded, dataset), skipped
     from slingshot.predictor import Predictor
 
     texts = list(dataset["text"])
@@ -147,11 +147,12 @@ def predict_prompts(loaded: LoadedRun, prompts: list[str], **decoding: Any) -> l
     settings = decoding_settings(loaded.recipe.generation, **decoding)
     recipe = loaded.recipe.model_copy(update={"generation": settings})
     task = get_task(recipe.task, recipe)
-    return _predict(LoadedRun(loaded.run, recipe, task, loaded.model, loaded.tokenizer, loaded.label_names),
+    return predict_dataset(LoadedRun(loaded.run, recipe, task, loaded.model, loaded.tokenizer, loaded.label_names),
                     prompts_dataset(prompts, settings))
 
 
-def _predict(loaded: LoadedRun, dataset) -> list[dict]:
+def predict_dataset(loaded: LoadedRun, dataset) -> list[dict]:
+    """The run's records (prediction and what it was asked) for a dataset in the run's own columns."""
     from slingshot.inference import forward_logits
 
     encoded = loaded.task.prepare({"data": dataset}, loaded.tokenizer, loaded.recipe)["data"]
