@@ -511,8 +511,8 @@ def _refuse_existing(path: Path | None, option: str = "--output") -> None:
 def compare(
     run_dir: RunArg,
     baseline: Annotated[list[str] | None, typer.Option(
-        "--baseline", help="majority, embedding, llm, teacher (label section), or another run's directory "
-        "(repeatable). "
+        "--baseline", help="majority, embedding, llm, teacher (label section), first_sentence (extractive QA), or "
+        "another run's directory (repeatable). "
         "Default: the recipe's compare.baselines.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Labelled file to compare on (default: --split).")] = None,
     split: Annotated[str | None, typer.Option("--split", help="eval, test or gold split of the run's data.")] = None,
@@ -522,10 +522,12 @@ def compare(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare a fine-tuned run with baselines on the same examples: metrics with confidence intervals,
-    McNemar tests, latency, cost per 1,000 predictions and a verdict. Writes comparison.json/.md into the run.
+    paired tests, latency, cost per 1,000 predictions and a verdict. Writes comparison.json/.md into the run.
+    Classifiers: accuracy and McNemar; QA and generation runs: F1, exact match, answer similarity.
 
     Examples:
       slingshot compare runs/sst2 --baseline majority --baseline embedding
+      slingshot compare runs/policyqa --baseline first_sentence --baseline llm --limit 300
       slingshot compare runs/sst2 --baseline llm --set compare.llm.model=gpt-4o-mini --limit 200
       slingshot compare runs/sst2 --baseline llm --set compare.llm.base_url=http://localhost:11434/v1 \\
           --set compare.llm.model=llama3.1:8b --set compare.shots=8

@@ -366,7 +366,8 @@ class CompareSection(Section):
     baselines: list[str] = Field(
         default_factory=list,
         description="Systems to compare the fine-tuned model with: majority, embedding, llm, teacher (the label "
-        "section's endpoint and prompt), or the path of another Slingshot run. Empty: `slingshot run` skips it.",
+        "section's endpoint and prompt), first_sentence (extractive QA), or the path of another Slingshot run. "
+        "Empty: `slingshot run` skips it.",
     )
     split: Literal["eval", "test", "gold"] = Field(
         "eval", description="Which split of the run's data to compare on (gold: the recipe's data.gold file)."
