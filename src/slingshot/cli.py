@@ -262,8 +262,11 @@ def plan(recipe: RecipeArg, hardware: HardwareOpt = None, set_: SetOpt = None, a
 
     Reads the model's config.json and the data; loads no weights. Exits 1 when the recipe's setup will not fit.
 
-    Examples: slingshot plan examples/sst2/recipe.yaml
-              slingshot plan examples/sst2/recipe.yaml --hardware a10g-24gb --set train.method=qlora
+    Examples:
+
+    \b
+      slingshot plan examples/sst2/recipe.yaml
+      slingshot plan examples/sst2/recipe.yaml --hardware a10g-24gb --set train.method=qlora
     """
     from slingshot.plan import make_plan
     from slingshot.plan.report import print_plan
@@ -313,9 +316,12 @@ def evaluate(
 ) -> None:
     """Score a finished run on any labelled file with the run's columns, or score answers against references.
 
-    Examples: slingshot evaluate runs/sst2 --data ../shared/datasets/sst2/dev.tsv
-              slingshot evaluate runs/policyqa --data held_out.json --histogram similarity.png
-              slingshot evaluate --predictions answers.jsonl --histogram similarity.png
+    Examples:
+
+    \b
+      slingshot evaluate runs/sst2 --data ../shared/datasets/sst2/dev.tsv
+      slingshot evaluate runs/policyqa --data held_out.json --histogram similarity.png
+      slingshot evaluate --predictions answers.jsonl --histogram similarity.png
     """
     from slingshot.evaluate import evaluate_file, load_run
 
@@ -386,11 +392,14 @@ def predict(
     """Predict the label (with probability) or score of texts, the answer to a question, a generated answer to a
     prompt, or those of a file.
 
-    Examples: slingshot predict runs/sst2 "a gripping, funny film"
-              slingshot predict runs/sst2 --input new.csv --output predictions.jsonl
-              slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
-              slingshot predict runs/support-qa --prompt "How do I reset my password?" --max-new-tokens 64
-              slingshot predict runs/flan-qa --prompt "What does IT stand for?" --num-beams 4
+    Examples:
+
+    \b
+      slingshot predict runs/sst2 "a gripping, funny film"
+      slingshot predict runs/sst2 --input new.csv --output predictions.jsonl
+      slingshot predict runs/policyqa --question "Do they sell my data?" --context "We never sell ..."
+      slingshot predict runs/support-qa --prompt "How do I reset my password?" --max-new-tokens 64
+      slingshot predict runs/flan-qa --prompt "What does IT stand for?" --num-beams 4
     """
     from slingshot.evaluate import load_run, predict_answers, predict_file, predict_texts
 
@@ -526,6 +535,8 @@ def compare(
     Classifiers: accuracy and McNemar; QA and generation runs: F1, exact match, answer similarity.
 
     Examples:
+
+    \b
       slingshot compare runs/sst2 --baseline majority --baseline embedding
       slingshot compare runs/policyqa --baseline first_sentence --baseline llm --limit 300
       slingshot compare runs/sst2 --baseline llm --set compare.llm.model=gpt-4o-mini --limit 200
@@ -594,6 +605,8 @@ def curve(
     sweep resumes where it stopped when run again.
 
     Examples:
+
+    \b
       slingshot curve examples/sst2/recipe.yaml --sizes 8,16,32,64,256,1000,all --methods fewshot,full --seeds 3
       slingshot curve examples/sst2/recipe.yaml --sizes 8,64 --methods fewshot --baseline runs/sst2/comparison.json#llm
     """
@@ -681,9 +694,12 @@ def docs2qa(
 
     Writes train/eval JSONL (whole documents held out for eval), SQuAD v1.1 JSON, chat JSONL and a report.
 
-    Examples: slingshot docs2qa ../shared/datasets/pdf_docs --out data/nist-qa
-              slingshot docs2qa "manuals/**/*.pdf" --out data/qa --generator teacher --set docs2qa.teacher.llm.model=gpt-4o-mini
-              slingshot docs2qa docs/ --recipe qa.yaml --out data/qa --set docs2qa.chunk.max_tokens=384
+    Examples:
+
+    \b
+      slingshot docs2qa ../shared/datasets/pdf_docs --out data/nist-qa
+      slingshot docs2qa "manuals/**/*.pdf" --out data/qa --generator teacher --set docs2qa.teacher.llm.model=gpt-4o-mini
+      slingshot docs2qa docs/ --recipe qa.yaml --out data/qa --set docs2qa.chunk.max_tokens=384
     """
     from slingshot.docs2qa.pipeline import run_docs2qa
     from slingshot.recipe import apply_overrides, recipe_from_dict
@@ -733,10 +749,13 @@ def export(
     """Export a finished run: merged full weights of a LoRA run, or ONNX (optionally int8) checked against
     PyTorch on the eval set.
 
-    Examples: slingshot export runs/support-qa --merge --out models/support-qa
-              slingshot export runs/sst2 --onnx
-              slingshot export runs/sst2 --onnx --int8
-              slingshot export runs/policyqa --onnx --int8
+    Examples:
+
+    \b
+      slingshot export runs/support-qa --merge --out models/support-qa
+      slingshot export runs/sst2 --onnx
+      slingshot export runs/sst2 --onnx --int8
+      slingshot export runs/policyqa --onnx --int8
     """
     if int8 and not onnx:
         raise SlingshotError("--int8 quantises the ONNX export", "add --onnx")
@@ -793,11 +812,14 @@ def serve(
     POST /v1/chat/completions, GET /v1/model and GET /health. Classification, regression, extractive-QA and
     generation runs; GET /v1/model says what this run expects.
 
-    Examples: slingshot serve runs/sst2
-              curl -s localhost:8000/v1/predict -d '{"texts": ["a gripping, funny film"]}'
-              curl -s localhost:8000/v1/predict -d '{"question": "Who?", "context": "Ann wrote it."}'
-              curl -s localhost:8000/v1/predict -d '{"prompt": "Reset my password?", "max_new_tokens": 64}'
-              slingshot serve runs/sst2 --backend onnx --int8 --port 8080 --auth-env SLINGSHOT_TOKEN
+    Examples:
+
+    \b
+      slingshot serve runs/sst2
+      curl -s localhost:8000/v1/predict -d '{"texts": ["a gripping, funny film"]}'
+      curl -s localhost:8000/v1/predict -d '{"question": "Who?", "context": "Ann wrote it."}'
+      curl -s localhost:8000/v1/predict -d '{"prompt": "Reset my password?", "max_new_tokens": 64}'
+      slingshot serve runs/sst2 --backend onnx --int8 --port 8080 --auth-env SLINGSHOT_TOKEN
     """
     from slingshot.serve import ServeLimits, auth_token_from_env
     from slingshot.serve import serve as run_server
@@ -839,6 +861,8 @@ def label(
     of label.samples answers), invalid answers counted, cost reported. Answers are cached: a rerun is free.
 
     Examples:
+
+    \b
       slingshot label recipe.yaml --input unlabelled.csv --set label.llm.model=gpt-4o-mini
       slingshot label recipe.yaml --input unlabelled.csv --set label.seed_set=seed.csv --set label.shots=8 \\
           --set label.samples=5 --output labels/
@@ -893,6 +917,8 @@ def select(
     Identical texts and texts the run already has are never picked. Label the picks, add them, train again.
 
     Examples:
+
+    \b
       slingshot select runs/sst2 --input pool.csv --n 200 --strategy mixed
       slingshot select runs/sst2 --input pool.csv --strategy uncertainty --set uncertainty=entropy
     """
