@@ -90,7 +90,7 @@ def relaunch_under_allocator(argv: list[str]) -> None:
         else:
             os.environ.pop("LD_PRELOAD", None)
         return
-    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("LD_PRELOAD", ""):
+    if not sys.platform.startswith("linux") or not sys.executable or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return
     setting = os.environ.get(ENV, "auto").strip() or "auto"
     library = choose(setting)
