@@ -175,6 +175,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     import transformers
 
     import slingshot
+    from slingshot.allocator import preloaded
 
     cpu_model = platform.processor()
     try:
@@ -192,6 +193,9 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         # Other processes on the same cores make every figure here slower: check this before trusting a run.
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cuda": torch.cuda.is_available(),
+        # benchmarks run in this process, not through the `slingshot` command that preloads tcmalloc/jemalloc:
+        # start them with LD_PRELOAD=<library> to measure what the command does (README, "Memory allocator")
+        "allocator": preloaded() or "system",
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__,
                      "datasets": datasets.__version__, "slingshot": slingshot.__version__},
