@@ -241,7 +241,7 @@ def score(systems: list[SystemPredictions], examples: Examples, label_names: lis
                 metrics["similarity"] = (float(cosine.mean()), *mean_ci(cosine, indices, level))
                 metrics["acceptable"] = (float(acceptable.mean()), *mean_ci(acceptable, indices, level))
             rows.append(_row(system, metrics))
-        for system, (em, f1) in zip(systems[1:], scored[1:]):
+        for system, (_, f1) in zip(systems[1:], scored[1:]):
             ours = scored[0][1]
             p_value, difference = paired_bootstrap_p(lambda r, a=ours: float(a[r].mean()),
                                                      lambda r, b=f1: float(b[r].mean()), indices)
@@ -413,8 +413,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {item['name']} (published, not measured: {item['source']}) | {value} | | | | | | |")
     if primary == "f1" and any("similarity" in row["metrics"] for row in report["systems"]):
         rouge = any("rouge_l" in row["metrics"] for row in report["systems"])
-        lines += ["", "Answer similarity (embedding cosine with the closest gold answer; acceptable at the run's "
-                  "similarity.acceptable threshold):", "",
+        lines += ["", ("Answer similarity (embedding cosine with the closest gold answer; acceptable at the run's "
+                       "similarity.acceptable threshold):"), "",
                   f"| System | mean similarity ({level} CI) | acceptable |" + (" ROUGE-L |" if rouge else ""),
                   "|---|---|---|" + ("---|" if rouge else "")]
         for row in report["systems"]:
