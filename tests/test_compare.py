@@ -323,3 +323,12 @@ def test_a_generation_run_compares_with_an_llm_asked_the_same_conversation(gener
     assert llm["metrics"]["exact_match"]["value"] == pytest.approx(0.5)
     assert {"f1", "exact_match", "rouge_l"} <= set(llm["metrics"])
     assert report["tests"][0]["verdict"] == "better"
+
+
+def test_a_qa_run_compares_on_a_labelled_file_given_with_data(qa_run_copy):
+    import yaml
+
+    dev = yaml.safe_load((qa_run_copy / "recipe.yaml").read_text())["data"]["eval"]
+    report = compare_run(str(qa_run_copy), options(baselines=["first_sentence"], limit=10), data_path=dev).report
+    assert report["examples"] == 10 and report["source"] == dev
+    assert report["systems"][0]["metrics"]["f1"]["value"] > report["systems"][1]["metrics"]["f1"]["value"]
