@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 from pathlib import Path
 
 from common import REPO, emit, log, machine_info, peak_rss_mb
 
+from slingshot.compare_answers import first_sentence
 from slingshot.evaluate import load_run
 from slingshot.metrics import qa_metrics
 from slingshot.predictor import QAPredictor
@@ -40,11 +40,6 @@ from slingshot.tasks.extractive_qa import ExtractiveQATask
 from slingshot.train import train
 
 RECIPE = REPO / "examples" / "policyqa" / "recipe.yaml"
-
-
-def first_sentence(context: str) -> str:
-    """The trivial baseline: answer every question with the first sentence of its paragraph."""
-    return re.split(r"(?<=[.!?])\s", context.strip(), maxsplit=1)[0]
 
 
 def by_decoding(run_path: Path, records: list[dict]) -> dict[str, dict[str, float]]:

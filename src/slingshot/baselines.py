@@ -208,22 +208,27 @@ def llm_baseline(examples: Examples, label_names: list[str], shots: list[tuple[s
     finally:
         client.cache.close()
     predictions = [parse_label(result.text, label_names) for result in results]
-    cost = token_cost_usd(usage.prompt_tokens, usage.completion_tokens, endpoint)
-    count = max(len(results), 1)
-    wall_s = sum(result.latency_s for result in results)
     name = f"{endpoint.model} ({len(shots)}-shot)" if shots else f"{endpoint.model} (zero-shot)"
+    return endpoint_system(name, predictions, results, usage, endpoint, shots=len(shots),
+                           answer_format=options.answer_format,
+                           invalid_examples=[{"index": i, "answer": results[i].text[:200]}
+                                             for i, p in enumerate(predictions) if p is None][:20])
+
+
+def endpoint_system(name: str, predictions: list[Any], results: list, usage, endpoint,
+                    **details: Any) -> SystemPredictions:
+    """An LLM endpoint's answers as a system: token usage and cost, latency, throughput, and `details`."""
+    cost = token_cost_usd(usage.prompt_tokens, usage.completion_tokens, endpoint)
+    wall_s = sum(result.latency_s for result in results)
     details = {
-        "base_url": endpoint.base_url, "model": endpoint.model, "shots": len(shots),
-        "answer_format": options.answer_format, "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens, "cached_answers": usage.cached,
-        "malformed_responses": sum(result.error is not None for result in results),
+        "base_url": endpoint.base_url, "model": endpoint.model, **details,
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "cached_answers": usage.cached, "malformed_responses": sum(result.error is not None for result in results),
         "prices_per_1m_usd": prices_per_1m_usd(endpoint), "cost_usd": cost,
-        "invalid_examples": [{"index": i, "answer": results[i].text[:200]}
-                             for i, p in enumerate(predictions) if p is None][:20],
     }
     return SystemPredictions(
         name, "llm", predictions, percentiles_ms([result.latency_s for result in results]),
         # as observed from here, with `concurrency` requests in flight; cached answers keep their first latency
         throughput_per_s=len(results) / wall_s * endpoint.concurrency if wall_s > 0 else None,
-        cost_per_1k_usd=cost / count * 1000 if cost is not None else None, details=details,
+        cost_per_1k_usd=cost / max(len(results), 1) * 1000 if cost is not None else None, details=details,
     )

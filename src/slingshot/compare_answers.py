@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from slingshot.baselines import Examples, SystemPredictions, time_local
+from slingshot.baselines import Examples, SystemPredictions, endpoint_system, time_local
 from slingshot.errors import DataError, RecipeError
-from slingshot.llm import ChatRequest, LLMClient, prices_per_1m_usd, token_cost_usd
-from slingshot.metrics import exact_match, token_f1
+from slingshot.llm import ChatRequest, LLMClient
+from slingshot.metrics import best_scores, exact_match, token_f1
 from slingshot.recipe import CompareSection, SimilaritySection
-from slingshot.stats import percentiles_ms
 
 QA_BASELINES = ("first_sentence", "llm")
 CHAT_BASELINES = ("llm",)
@@ -126,25 +125,17 @@ def llm_reader(examples: Examples, options: CompareSection, on_result: Callable 
     finally:
         client.cache.close()
     answers = [clean_answer(r.text) if examples.pairs is not None else (r.text.strip() or None) for r in results]
-    cost = token_cost_usd(usage.prompt_tokens, usage.completion_tokens, endpoint)
-    wall_s = sum(result.latency_s for result in results)
-    details = {"base_url": endpoint.base_url, "model": endpoint.model, "prompt_tokens": usage.prompt_tokens,
-               "completion_tokens": usage.completion_tokens, "cached_answers": usage.cached,
-               "malformed_responses": sum(result.error is not None for result in results),
-               "prices_per_1m_usd": prices_per_1m_usd(endpoint), "cost_usd": cost}
-    return SystemPredictions(
-        name, "llm", answers, percentiles_ms([r.latency_s for r in results]),
-        throughput_per_s=len(results) / wall_s * endpoint.concurrency if wall_s > 0 else None,
-        cost_per_1k_usd=cost / max(len(results), 1) * 1000 if cost is not None else None, details=details)
+    return endpoint_system(name, answers, results, usage, endpoint)
 
 
 def per_question(answers: list[str | None], golds: list[list[str]],
                  scorer: Callable[[str, str], float] = token_f1) -> tuple[np.ndarray, np.ndarray]:
     """Exact match and `scorer` (token F1, or ROUGE-L) of each answer: 0-1, the best over its gold answers; no
     answer scores 0."""
-    em = [max((exact_match(a, g) for g in gold), default=0.0) if a else 0.0 for a, gold in zip(answers, golds)]
-    other = [max((scorer(a, g) for g in gold), default=0.0) if a else 0.0 for a, gold in zip(answers, golds)]
-    return np.asarray(em), np.asarray(other)
+    given = np.asarray([bool(a) for a in answers], dtype=float)
+    texts = [a or "" for a in answers]
+    return (np.asarray(best_scores(texts, golds, exact_match)) * given,
+            np.asarray(best_scores(texts, golds, scorer)) * given)
 
 
 def similarities(systems: list[SystemPredictions], golds: list[list[str]],

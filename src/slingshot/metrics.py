@@ -6,7 +6,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -101,6 +101,12 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def best_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                scorer: Callable[[str, str], float]) -> list[float]:
+    """Per prediction, the best `scorer(prediction, reference)` over its references (0.0 when it has none)."""
+    return [max((scorer(p, r) for r in refs), default=0.0) for p, refs in zip(predictions, references)]
+
+
 def qa_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict:
     """Exact match and token F1, each the maximum over a question's gold answers, averaged, in percent (0-100).
 
@@ -108,8 +114,8 @@ def qa_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> di
     """
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions")
-    em = [max((exact_match(p, g) for g in gold), default=0.0) for p, gold in zip(predictions, golds)]
-    f1 = [max((token_f1(p, g) for g in gold), default=0.0) for p, gold in zip(predictions, golds)]
+    em = best_scores(predictions, golds, exact_match)
+    f1 = best_scores(predictions, golds, token_f1)
     count = len(predictions)
     return {
         "exact_match": 100.0 * sum(em) / count if count else 0.0,
@@ -155,6 +161,6 @@ def rouge_l(prediction: str, reference: str) -> float:
 def generation_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     """Exact match and token F1 (SQuAD normalisation) and ROUGE-L, each the best over the references, in percent."""
     metrics = qa_metrics(predictions, references)
-    scores = [max((rouge_l(p, r) for r in refs), default=0.0) for p, refs in zip(predictions, references)]
+    scores = best_scores(predictions, references, rouge_l)
     metrics["rouge_l"] = 100.0 * sum(scores) / len(scores) if scores else 0.0
     return metrics
