@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -39,6 +40,10 @@ def test_tiny_bert_learns_and_writes_the_run_directory(tmp_path, tiny_bert, toy_
     assert summary["padding_fraction"] < 0.15
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert any("eval" in line for line in log) and any("loss" in line for line in log)
+    steps = [line for line in log if "loss" in line]
+    if sys.platform == "linux":  # memory over time, for finding where a run's peak comes from
+        assert all(0 < line["rss_mb"] <= line["peak_rss_mb"] for line in steps)
+        assert summary["peak_rss_mb"] >= max(line["peak_rss_mb"] for line in steps)
 
 
 def test_saved_model_loads_in_a_transformers_pipeline(tmp_path, tiny_bert, toy_data):

@@ -15,7 +15,7 @@ from slingshot.rundir import RunDir, find_run
 from slingshot.judge import judge_records
 from slingshot.similarity import score_records
 from slingshot.tasks import GeneratingTask, Task, get_task
-from slingshot.train import default_threads, evaluate_split
+from slingshot.train import default_threads, evaluate_split, limit_kernel_caches
 
 
 @dataclass
@@ -34,6 +34,7 @@ def load_run(path: str, threads: int | None = None) -> LoadedRun:
 
     run = find_run(path)
     torch.set_num_threads(threads or default_threads())
+    limit_kernel_caches()  # serve and predict with bf16 meet inputs of every shape
     recipe = run_recipe(run)
     task = get_task(recipe.task, recipe)
     tokenizer = load_tokenizer(run.model)

@@ -174,8 +174,13 @@ class ResourceMeter:
         }
 
 
+_seen_peak = 0  # the highest peak reported so far: the kernel's VmHWM can lag a moment behind VmRSS
+
+
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0), so the next peak_rss_bytes() covers only what follows."""
+    global _seen_peak
+    _seen_peak = 0
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
             clear_refs.write("5")
@@ -184,17 +189,41 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """VmHWM on Linux (reset by exec, unlike ru_maxrss which a spawned child inherits), else ru_maxrss."""
+def _status_bytes(*fields: str) -> dict[str, int]:
+    """Memory fields of /proc/self/status (VmRSS, VmHWM) in bytes, read at once; empty off Linux."""
+    found: dict[str, int] = {}
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                name = line.split(":", 1)[0]
+                if name in fields:
+                    found[name] = int(line.split()[1]) * 1024
     except OSError:
         pass
+    return found
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory: VmHWM on Linux (reset by exec, unlike ru_maxrss which a spawned child inherits), else
+    ru_maxrss. Never less than a peak reported before: the kernel updates VmHWM lazily, so a reading can trail the
+    VmRSS of a moment ago."""
+    global _seen_peak
+    memory = _status_bytes("VmHWM", "VmRSS")
+    if memory:
+        _seen_peak = max(_seen_peak, *memory.values())
+        return _seen_peak
     scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, kilobytes on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def memory_figures() -> dict[str, float]:
+    """Resident memory now and at its peak so far, in MB, for a training-log line ({} where /proc is missing)."""
+    global _seen_peak
+    memory = _status_bytes("VmHWM", "VmRSS")
+    if "VmRSS" not in memory:
+        return {}
+    _seen_peak = max(_seen_peak, *memory.values())
+    return {"rss_mb": round(memory["VmRSS"] / 2**20, 1), "peak_rss_mb": round(_seen_peak / 2**20, 1)}
 
 
 def estimated_cost_usd(wall_time_s: float, price_per_hour_usd: float) -> float:
