@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 
 import pytest
@@ -242,3 +243,14 @@ def test_a_run_whose_last_evaluation_is_best_saves_and_reports_those_weights(tmp
     # the loss tells the averaged weights from the raw ones, which accuracy might not
     assert again["loss"] == pytest.approx(result.metrics["eval"]["loss"], rel=1e-5)
     assert again["accuracy"] == result.metrics["eval"]["accuracy"]
+
+
+def test_kernel_caches_are_capped_unless_the_user_set_them(monkeypatch):
+    from slingshot.train import limit_kernel_caches
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "256")
+    limit_kernel_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "256"  # the user's value wins
+

@@ -29,14 +29,15 @@ CPU_RUNTIME_MB = 550.0
 # driver (PyTorch CUDA semantics notes). Not measured here (no GPU): the upper end is used.
 CUDA_RUNTIME_MB = 1024.0
 # Past the live tensors a CPU process's RSS grows, fitted on all-MiniLM-L6-v2 runs here (3,000 SST-2 rows, one
-# epoch; peak RSS 1,329 MB in fp32 and 1,481 MB in bf16):
+# epoch; peak RSS 1,329 MB in fp32 and 1,481 MB in bf16 under glibc, before the kernel caches were capped):
 # - copies of the weights at the end: safetensors serialises one when saving; LoRA first merges into a deep copy;
-# - the heap fragments under batches of ever-changing shapes: about one more batch of activations (fitted: 0.92);
-# - oneDNN's bf16 kernels and scratchpads: ~300 MB (README: bf16 costs 200-250 MB more, with train.py's cache cap).
-# Longer runs fragment further (full SST-2, 3 epochs: ~400 MB more), which this does not model.
+# - the heap fragments under batches of ever-changing shapes: about one more batch of activations (fitted: 0.92).
+# bf16 autocast once cost ~300 MB more for oneDNN's and ideep's per-shape kernel caches; with both capped
+# (train.limit_kernel_caches) the main job (8,000 rows, 3 epochs) peaked at 1,160 MB in bf16 and 1,127 MB in fp32
+# under tcmalloc, 1,318 and 1,523 MB under glibc (fp32's activations are twice as large): no bf16 term any more.
+# Longer runs fragment further (full SST-2, 2 epochs: 1,298 MB bf16 under tcmalloc), which this does not model.
 CPU_SLACK_WEIGHT_COPIES = {"full": 1, "lora": 2, "qlora": 2}
 CPU_SLACK_PER_ACTIVATION = 1.0
-CPU_BF16_KERNEL_CACHE_MB = 300.0
 # Share of the calibrated fp32 matmul throughput (at the model's width) a whole training step reaches: norms,
 # activations, softmax, dropout, Python and data loading run between the matmuls. FINDINGS.md: a lean fp32 step
 # of all-MiniLM-L6-v2 reached 62% of a 2048x2048 matmul's rate in the same process; at the model's own, narrower
@@ -235,8 +236,7 @@ def runtime_overhead_mb(setup: Setup, weights_mb: float, activations: float) -> 
     if setup.device == "cuda":
         return CUDA_RUNTIME_MB
     slack = CPU_SLACK_WEIGHT_COPIES[setup.method] * weights_mb + CPU_SLACK_PER_ACTIVATION * activations
-    kernels = CPU_BF16_KERNEL_CACHE_MB if setup.precision == "bf16" else 0.0
-    return CPU_RUNTIME_MB + slack + kernels
+    return CPU_RUNTIME_MB + slack
 
 
 # ------------------------------------------------------------------------------------------------ time
