@@ -2,6 +2,11 @@
 
 Data, the packaged model, a matmul roofline, peak memory, one-system-per-process isolation and machine info.
 The Hugging Face Trainer baselines live in bench/hf_baseline.py.
+
+Importing this module re-executes the benchmark script once under the memory allocator the `slingshot` command
+would pick (tcmalloc, then jemalloc, when installed; `SLINGSHOT_MALLOC=system` keeps glibc's malloc), so that the
+figures are those a user of the command gets. The preload stays in the environment, so the processes a benchmark
+spawns (every system it compares, Trainer baselines included) run under the same allocator.
 Self-check (prints a JSON object with the machine info and matmul GFLOP/s):
     .venv/bin/python bench/common.py
 """
@@ -22,6 +27,24 @@ from typing import Any, Callable
 # The benchmarks must never reach the network; the packaged model makes that possible.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's own threads would blur timings
+
+
+
+def _relaunch_under_slingshot_allocator() -> None:
+    from slingshot.allocator import ENV, choose
+
+    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("LD_PRELOAD", "") or not sys.argv[0]:
+        return
+    library = choose(os.environ.get(ENV, "auto").strip() or "auto")
+    if library is None or not Path(sys.argv[0]).is_file():
+        return
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = f"{library} {env['LD_PRELOAD']}".strip() if env.get("LD_PRELOAD") else library
+    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+_relaunch_under_slingshot_allocator()
 
 REPO = Path(__file__).resolve().parents[1]
 SST2_DIR = Path(__file__).resolve().parents[2] / "shared/datasets/sst2"  # ../shared relative to the repo root
@@ -193,8 +216,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         # Other processes on the same cores make every figure here slower: check this before trusting a run.
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cuda": torch.cuda.is_available(),
-        # benchmarks run in this process, not through the `slingshot` command that preloads tcmalloc/jemalloc:
-        # start them with LD_PRELOAD=<library> to measure what the command does (README, "Memory allocator")
+        # the allocator this process runs under: the command's choice (see the module docstring)
         "allocator": preloaded() or "system",
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__,
