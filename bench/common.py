@@ -29,8 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's own threads would blur timings
 
 
-
 def _relaunch_under_slingshot_allocator() -> None:
+    """Re-execute this script with the command's allocator in LD_PRELOAD (kept for child processes); return when
+    one is preloaded already, none is chosen or installed, or this is not a script run from a file."""
     from slingshot.allocator import ENV, choose
 
     if not sys.platform.startswith("linux") or "malloc" in os.environ.get("LD_PRELOAD", "") or not sys.argv[0]:

@@ -203,27 +203,33 @@ def _status_bytes(*fields: str) -> dict[str, int]:
     return found
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory: VmHWM on Linux (reset by exec, unlike ru_maxrss which a spawned child inherits), else
-    ru_maxrss. Never less than a peak reported before: the kernel updates VmHWM lazily, so a reading can trail the
-    VmRSS of a moment ago."""
+def _resident() -> tuple[int, int] | None:
+    """(VmRSS, peak) in bytes, the peak never below one reported before: the kernel updates VmHWM lazily, so a
+    reading can trail the VmRSS of a moment ago. None off Linux."""
     global _seen_peak
     memory = _status_bytes("VmHWM", "VmRSS")
-    if memory:
-        _seen_peak = max(_seen_peak, *memory.values())
-        return _seen_peak
+    if "VmRSS" not in memory:
+        return None
+    _seen_peak = max(_seen_peak, *memory.values())
+    return memory["VmRSS"], _seen_peak
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory: VmHWM on Linux (reset by exec, unlike ru_maxrss which a spawned child inherits), else
+    ru_maxrss."""
+    resident = _resident()
+    if resident is not None:
+        return resident[1]
     scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, kilobytes on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def memory_figures() -> dict[str, float]:
     """Resident memory now and at its peak so far, in MB, for a training-log line ({} where /proc is missing)."""
-    global _seen_peak
-    memory = _status_bytes("VmHWM", "VmRSS")
-    if "VmRSS" not in memory:
+    resident = _resident()
+    if resident is None:
         return {}
-    _seen_peak = max(_seen_peak, *memory.values())
-    return {"rss_mb": round(memory["VmRSS"] / 2**20, 1), "peak_rss_mb": round(_seen_peak / 2**20, 1)}
+    return {"rss_mb": round(resident[0] / 2**20, 1), "peak_rss_mb": round(resident[1] / 2**20, 1)}
 
 
 def estimated_cost_usd(wall_time_s: float, price_per_hour_usd: float) -> float:

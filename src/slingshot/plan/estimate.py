@@ -35,7 +35,7 @@ CUDA_RUNTIME_MB = 1024.0
 # bf16 autocast once cost ~300 MB more for oneDNN's and ideep's per-shape kernel caches; with both capped
 # (train.limit_kernel_caches) the main job (8,000 rows, 3 epochs) peaked at 1,160 MB in bf16 and 1,127 MB in fp32
 # under tcmalloc, 1,318 and 1,523 MB under glibc (fp32's activations are twice as large): no bf16 term any more.
-# Longer runs fragment further (full SST-2, 2 epochs: 1,298 MB bf16 under tcmalloc), which this does not model.
+# Longer runs fragment further (full SST-2, 2 epochs: 1,212 MB bf16 under tcmalloc), which this does not model.
 CPU_SLACK_WEIGHT_COPIES = {"full": 1, "lora": 2, "qlora": 2}
 CPU_SLACK_PER_ACTIVATION = 1.0
 # Share of the calibrated fp32 matmul throughput (at the model's width) a whole training step reaches: norms,
