@@ -113,8 +113,9 @@ def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
 
     `auto` picks bf16 on a GPU that supports it and on a CPU with AVX512-BF16/AMX. Measured on such a 2-core CPU
     with all-MiniLM-L6-v2 on 8,000 SST-2 rows, 3 seeds: 1.42x real tokens/s (3,640 vs 2,566), dev accuracy
-    86.0% vs 86.2% (per-seed spread 0.5 points), peak RSS +210 MB. Without those instructions bf16 is emulated
-    and slower, so `auto` stays fp32.
+    86.0% vs 86.2% (per-seed spread 0.5 points). Peak RSS with the kernel caches capped (limit_kernel_caches;
+    +210 MB before): +33 MB under tcmalloc, -205 MB under glibc (fp32's activations are twice the size). Without
+    those instructions bf16 is emulated and slower, so `auto` stays fp32.
     """
     precision = recipe.train.precision
     if precision == "fp32":
