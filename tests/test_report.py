@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -56,6 +58,17 @@ def test_report_is_self_contained_html_with_real_images(report_path):
     for source in parser.images:
         png = base64.b64decode(source.split(",", 1)[1])
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
+    if sys.platform == "linux":  # the log carries resident memory per step: the curves gain a memory panel
+        assert 'alt="training curves and memory"' in text
+
+
+def test_curves_of_a_log_without_memory_figures_keep_two_panels(toy_trained_run, tmp_path):
+    run = shutil.copytree(toy_trained_run, tmp_path / "run")
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    stripped = [{k: v for k, v in line.items() if k not in ("rss_mb", "peak_rss_mb")} for line in log]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in stripped))
+    text = build_report(str(run)).read_text(encoding="utf-8")
+    assert 'alt="training curves"' in text and "training curves and memory" not in text
 
 
 def test_every_section_copes_with_a_run_that_lacks_its_artefacts(toy_trained_run, tmp_path):

@@ -140,9 +140,11 @@ def curves_section(a: RunArtefacts) -> str | None:
     if not steps:
         return None
     metric = next((k for k in ("accuracy", "f1", "rmse", "macro_f1") if evals and k in evals[0]["eval"]), None)
+    memory = [line for line in steps if "rss_mb" in line]  # logs written before memory was logged have none
+    panels = 3 if memory else 2
 
     def draw(figure):
-        loss, lr = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+        loss, lr = figure.add_subplot(1, panels, 1), figure.add_subplot(1, panels, 2)
         loss.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss", color="#1f77b4")
         if evals and "loss" in evals[0]["eval"]:
             loss.plot([e["step"] for e in evals], [e["eval"]["loss"] for e in evals], "o-", label="eval loss",
@@ -159,10 +161,22 @@ def curves_section(a: RunArtefacts) -> str | None:
             lr.plot([s["step"] for s in steps], [s["lr"] for s in steps], color="#999999")
             lr.set_ylabel("learning rate")
         lr.set_xlabel("optimizer step")
+        if memory:  # resident memory as the run went: where its peak came from
+            rss = figure.add_subplot(1, panels, 3)
+            rss.plot([m["step"] for m in memory], [m["rss_mb"] for m in memory], color="#9467bd", label="RSS")
+            peak = a.summary.get("peak_rss_mb")
+            if isinstance(peak, (int, float)):
+                rss.axhline(peak, color="#9467bd", linestyle="--", linewidth=0.8, label=f"run's peak {peak:,.0f} MB")
+            highest = max([m["rss_mb"] for m in memory] + ([peak] if isinstance(peak, (int, float)) else []))
+            rss.set_ylim(0, highest * 1.15)
+            rss.set_ylabel("resident memory (MB)")
+            rss.set_xlabel("optimizer step")
+            rss.legend(loc="lower right")
 
     best = a.metrics.get("best_step")
     note = f"<p>Best model: step {best} ({_e(a.metrics.get('best_metric'))}).</p>" if best is not None else ""
-    return "<h2>Training curves</h2>" + _figure(draw, 9.5, 3.4, "training curves") + note
+    alt = "training curves and memory" if memory else "training curves"
+    return "<h2>Training curves</h2>" + _figure(draw, 13.5 if memory else 9.5, 3.4, alt) + note
 
 
 def metrics_section(a: RunArtefacts) -> str | None:
