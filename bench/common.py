@@ -32,17 +32,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's
 def _relaunch_under_slingshot_allocator() -> None:
     """Re-execute this script with the command's allocator in LD_PRELOAD (kept for child processes); return when
     one is preloaded already, none is chosen or installed, or this is not a script run from a file."""
-    from slingshot.allocator import ENV, choose
+    from slingshot.allocator import ENV, choose, preload_environment
 
     if not sys.platform.startswith("linux") or "malloc" in os.environ.get("LD_PRELOAD", "") or not sys.argv[0]:
         return
     library = choose(os.environ.get(ENV, "auto").strip() or "auto")
     if library is None or not Path(sys.argv[0]).is_file():
         return
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = f"{library} {env['LD_PRELOAD']}".strip() if env.get("LD_PRELOAD") else library
-    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, [sys.executable, *sys.argv], preload_environment(library))
 
 
 _relaunch_under_slingshot_allocator()

@@ -74,6 +74,15 @@ def preloaded() -> str | None:
     return Path(_active).name if _active and any(_active in path for path in mapped) else None
 
 
+def preload_environment(library: str) -> dict[str, str]:
+    """This process's environment with `library` first in LD_PRELOAD, for a process started under it."""
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = f"{library} {env['LD_PRELOAD']}".strip() if env.get("LD_PRELOAD") else library
+    # gperftools reports every allocation over 1 GB on stderr (loading a large model's weights): noise here
+    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+    return env
+
+
 def relaunch_under_allocator(argv: list[str]) -> None:
     """Re-execute `python -m slingshot argv[1:]` with the chosen allocator preloaded; return if there is nothing to do.
 
@@ -99,11 +108,8 @@ def relaunch_under_allocator(argv: list[str]) -> None:
             print(f"warning: {ENV}={setting}: no such allocator library found (looked in "
                   f"{', '.join(map(str, search_dirs()))} and ldconfig); using the system allocator", file=sys.stderr)
         return
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = f"{library} {env['LD_PRELOAD']}".strip() if env.get("LD_PRELOAD") else library
+    env = preload_environment(library)
     env[ACTIVE_ENV] = library
-    # gperftools reports every allocation over 1 GB on stderr (loading a large model's weights): noise here
-    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
     try:
         os.execve(sys.executable, [sys.executable, "-m", "slingshot", *argv[1:]], env)
     except OSError:

@@ -164,10 +164,11 @@ def curves_section(a: RunArtefacts) -> str | None:
         if memory:  # resident memory as the run went: where its peak came from
             rss = figure.add_subplot(1, panels, 3)
             rss.plot([m["step"] for m in memory], [m["rss_mb"] for m in memory], color="#9467bd", label="RSS")
+            highest = max(m["rss_mb"] for m in memory)
             peak = a.summary.get("peak_rss_mb")
             if isinstance(peak, (int, float)):
                 rss.axhline(peak, color="#9467bd", linestyle="--", linewidth=0.8, label=f"run's peak {peak:,.0f} MB")
-            highest = max([m["rss_mb"] for m in memory] + ([peak] if isinstance(peak, (int, float)) else []))
+                highest = max(highest, peak)
             rss.set_ylim(0, highest * 1.15)
             rss.set_ylabel("resident memory (MB)")
             rss.set_xlabel("optimizer step")

@@ -189,25 +189,19 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def _status_bytes(*fields: str) -> dict[str, int]:
-    """Memory fields of /proc/self/status (VmRSS, VmHWM) in bytes, read at once; empty off Linux."""
-    found: dict[str, int] = {}
+def _resident() -> tuple[int, int] | None:
+    """(VmRSS, peak) in bytes from /proc/self/status, the peak never below one reported before: the kernel updates
+    VmHWM lazily, so a reading can trail the VmRSS of a moment ago. None off Linux."""
+    global _seen_peak
+    memory: dict[str, int] = {}
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
                 name = line.split(":", 1)[0]
-                if name in fields:
-                    found[name] = int(line.split()[1]) * 1024
+                if name in ("VmRSS", "VmHWM"):
+                    memory[name] = int(line.split()[1]) * 1024
     except OSError:
-        pass
-    return found
-
-
-def _resident() -> tuple[int, int] | None:
-    """(VmRSS, peak) in bytes, the peak never below one reported before: the kernel updates VmHWM lazily, so a
-    reading can trail the VmRSS of a moment ago. None off Linux."""
-    global _seen_peak
-    memory = _status_bytes("VmHWM", "VmRSS")
+        return None
     if "VmRSS" not in memory:
         return None
     _seen_peak = max(_seen_peak, *memory.values())
