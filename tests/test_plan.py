@@ -123,6 +123,29 @@ def test_full_fp32_memory_by_hand():
     assert memory.total_mb == pytest.approx(parameters * 16 / MB + memory.activations_mb)
 
 
+def test_frozen_embeddings_leave_the_token_table_out_of_gradients_and_adamw():
+    full = Setup(method="full", precision="fp32", device="cpu", tokens_per_batch=100, longest_sequence=10)
+    frozen = Setup(method="full", precision="fp32", device="cpu", tokens_per_batch=100, longest_sequence=10,
+                   frozen_embeddings=True)
+    a, b = memory_estimate(SMALL, full, runtime_mb=0), memory_estimate(SMALL, frozen, runtime_mb=0)
+    table = SMALL.vocab * SMALL.hidden
+    assert a.trainable_parameters - b.trainable_parameters == table
+    assert a.gradients_mb + a.optimizer_mb - b.gradients_mb - b.optimizer_mb == pytest.approx(table * 12 / MB)
+    assert a.weights_mb == b.weights_mb  # the table is still held
+
+
+def test_the_plan_follows_the_recipes_embedding_freezing(tmp_path, tiny_bert, toy_data):
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data)
+    del raw["train"]["freeze_embeddings"]  # auto: frozen for classification
+    plan = make_plan(recipe_from_dict(raw), with_shortlist=False)
+    assert plan.methods["full"].setup.frozen_embeddings
+    assert not plan.methods["lora"].setup.frozen_embeddings
+    raw["train"]["freeze_embeddings"] = False
+    unfrozen = make_plan(recipe_from_dict(raw), with_shortlist=False)
+    assert not unfrozen.methods["full"].setup.frozen_embeddings
+    assert unfrozen.methods["full"].memory.optimizer_mb > plan.methods["full"].memory.optimizer_mb
+
+
 def test_lora_and_qlora_memory_by_hand():
     lora = Setup(method="lora", precision="bf16", device="cuda", tokens_per_batch=100, longest_sequence=10, lora_rank=8)
     # q, k, v each adapted with 8 x (64 in + 64 out), 2 layers

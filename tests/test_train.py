@@ -253,3 +253,101 @@ def test_kernel_caches_are_capped_unless_the_user_set_them(monkeypatch):
     limit_kernel_caches()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
     assert os.environ["LRU_CACHE_CAPACITY"] == "256"  # the user's value wins
+
+
+def test_classification_freezes_the_token_table_by_default_and_trains_with_eager_attention(tmp_path, tiny_bert,
+                                                                                           toy_data):
+    from transformers import AutoModelForSequenceClassification
+
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=1)
+    del raw["train"]["freeze_embeddings"]  # the default: auto
+    result = train(recipe_from_dict(raw), show_progress=False)
+    summary = result.summary
+    assert summary["frozen_embeddings"] is True
+    table = weights(tiny_bert)["embeddings.word_embeddings.weight"]
+    assert summary["parameters"]["trainable"] == summary["parameters"]["total"] - table.numel()
+    torch.testing.assert_close(weights(result.run.model)["bert.embeddings.word_embeddings.weight"], table)
+    assert summary["attention"] == "eager"  # BERT drops attention weights in training: eager on a CPU
+    saved = AutoModelForSequenceClassification.from_pretrained(str(result.run.model))
+    assert saved.config._attn_implementation == "sdpa"  # the kernel choice is not written into the model
+
+
+def test_auto_freezing_and_attention_choices():
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+    )
+
+    from slingshot.train import attention_in_use, attention_kernel, training_attention
+
+    def recipe(task="classification", **train_fields):
+        return recipe_from_dict({"task": task, "model": {"name": "m"}, "data": {"train": "t.csv"},
+                                 "train": train_fields})
+
+    assert recipe().freezes_embeddings()
+    assert not recipe("regression").freezes_embeddings()
+    assert not recipe("extractive_qa").freezes_embeddings()
+    assert not recipe(method="lora").freezes_embeddings()
+    assert not recipe(freeze_embeddings=False).freezes_embeddings()
+    assert recipe("regression", freeze_embeddings=True).freezes_embeddings()
+    assert recipe(method="lora").freezes_embeddings("full")  # what `plan` asks for the full column
+
+    tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+            "vocab_size": 50}
+    bert = BertForSequenceClassification(BertConfig(**tiny))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training_attention(recipe(), bert, cpu) == "eager"
+    assert training_attention(recipe(), bert, cuda) is None  # GPU: SDPA's fused kernels take dropout
+    assert training_attention(recipe(attention="sdpa"), bert, cpu) is None  # already sdpa
+    no_dropout = BertForSequenceClassification(BertConfig(**tiny, attention_probs_dropout_prob=0.0))
+    assert training_attention(recipe(), no_dropout, cpu) is None  # SDPA's fused CPU kernel keeps less
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50))
+    assert training_attention(recipe(), gpt2, cpu) == "eager"  # attn_pdrop 0.1
+    assert training_attention(recipe(), torch.nn.Linear(2, 2), cpu) is None  # not a transformers model
+
+    assert attention_in_use(bert) == "sdpa"
+    with attention_kernel(bert, "eager"):
+        assert attention_in_use(bert) == "eager"
+        assert bert.bert.encoder.layer[0].attention.self.config._attn_implementation == "eager"
+    assert attention_in_use(bert) == "sdpa"
+    # the same outputs either way (eval mode: no dropout)
+    bert.eval()
+    ids = torch.randint(0, 50, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    with torch.no_grad():
+        sdpa = bert(input_ids=ids, attention_mask=mask).logits
+        with attention_kernel(bert, "eager"):
+            eager = bert(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-4)
+
+
+def test_best_weights_are_read_back_tensor_by_tensor_skipping_frozen_ones(tmp_path):
+    from safetensors.torch import save_model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from slingshot.train import load_trained_weights
+
+    config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        vocab_size=50)
+    model = BertForSequenceClassification(config)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    save_model(model, str(tmp_path / "best.safetensors"))
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    load_trained_weights(model, tmp_path / "best.safetensors")
+    state = model.state_dict()
+    table = "bert.embeddings.word_embeddings.weight"
+    for name, tensor in saved.items():
+        if name != table:
+            torch.testing.assert_close(state[name], tensor, msg=name)
+    torch.testing.assert_close(state[table], saved[table] + 1.0)  # frozen: training never changes it, not read
+
+    other = torch.nn.Linear(3, 3)
+    save_model(other, str(tmp_path / "other.safetensors"))
+    with pytest.raises(RunDirError, match="does not have"):
+        load_trained_weights(model, tmp_path / "other.safetensors")

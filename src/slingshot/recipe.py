@@ -170,9 +170,11 @@ class TrainSection(Section):
         None, gt=0, le=1, description="Layer-wise learning-rate decay: the head trains at lr, each layer below at "
         "this factor times the layer above, embeddings last; null = one learning rate for all.",
     )
-    freeze_embeddings: bool = Field(
-        False, description="Keep the input word embeddings as pretrained (full fine-tuning): in a small encoder "
-        "they are half the weights, so no gradient or AdamW state for them (~140 MB less for MiniLM) and faster steps.",
+    freeze_embeddings: bool | Literal["auto"] = Field(
+        "auto", description="Keep the input word embeddings as pretrained (full fine-tuning): in a small encoder "
+        "they are half the weights, so no gradient or AdamW state for them (~130 MB less peak RSS for MiniLM) and "
+        "9-18% faster steps, at the same SST-2 accuracy (measured). auto: on for classification, off for the other "
+        "tasks (a decoder's input embeddings are often its output layer too).",
     )
     ema: float | None = Field(
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights with this decay (e.g. "
@@ -191,6 +193,12 @@ class TrainSection(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on a bf16 GPU or a CPU with AVX512-BF16/AMX (1.4x faster, same "
         "accuracy, measured), else fp32."
+    )
+    attention: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="Attention kernel while training. auto: eager on a CPU for models with attention dropout "
+        "(BERT family: PyTorch's SDPA then takes its math path and keeps fp32 copies of the scores; eager kept "
+        "13-20% less activation memory and ran 4-15% faster steps on MiniLM, measured), else sdpa. Evaluation, "
+        "prediction and the saved model use sdpa, faster for inference.",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for the math; default: physical cores.")
     mmap_threshold_kb: int | None = Field(
@@ -658,6 +666,16 @@ class Recipe(Section):
         if self.train.metric != "auto":
             return self.train.metric
         return AUTO_METRIC[self.task]
+
+    def freezes_embeddings(self, method: str | None = None) -> bool:
+        """Whether training with `method` (default: the recipe's) keeps the input word embeddings frozen:
+        train.freeze_embeddings, with auto on for full fine-tuning of a classifier (measured there: same accuracy,
+        less memory, faster steps) and off elsewhere. Only full fine-tuning has them to freeze."""
+        if (method or self.train.method) != "full":
+            return False
+        if self.train.freeze_embeddings == "auto":
+            return self.task == "classification"
+        return self.train.freeze_embeddings
 
     @property
     def metric_greater_is_better(self) -> bool:

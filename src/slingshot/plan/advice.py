@@ -54,6 +54,9 @@ def fixes(plan: Plan, recipe: Recipe) -> list[Fix]:
     if not chosen.gradient_checkpointing:
         candidates.append(("train.gradient_checkpointing=true", "recompute activations in backward (~1/3 slower)",
                            what_if(chosen.method, gradient_checkpointing=True)))
+    if chosen.method == "full" and not chosen.frozen_embeddings:
+        candidates.append(("train.freeze_embeddings=true", "no gradient or AdamW state for the input token table",
+                           what_if("full", frozen_embeddings=True)))
     if chosen.method == "full":
         candidates.append(("train.method=lora", "train low-rank adapters; the frozen base gets no gradients",
                            what_if("lora")))

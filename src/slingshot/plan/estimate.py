@@ -73,6 +73,7 @@ class Setup:
     tokens_per_batch: int  # padded tokens in one forward/backward
     longest_sequence: int  # tokens; attention scores grow with its square
     gradient_checkpointing: bool = False
+    frozen_embeddings: bool = False  # full fine-tuning without the input token table (train.freeze_embeddings)
     lora_rank: int = 16
     labels: int = 2
 
@@ -159,7 +160,8 @@ def lora_parameters(spec: ModelSpec, rank: int) -> int:
 
 def trainable_parameters(spec: ModelSpec, setup: Setup) -> int:
     if setup.method == "full":
-        return task_parameters(spec, setup.labels)
+        frozen = spec.vocab * spec.hidden if setup.frozen_embeddings else 0  # the input token table
+        return task_parameters(spec, setup.labels) - frozen
     # the classification head is trained too (PEFT's modules_to_save)
     return lora_parameters(spec, setup.lora_rank) + spec.hidden * setup.labels + setup.labels
 

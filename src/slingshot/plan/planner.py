@@ -155,6 +155,7 @@ def setup_for(recipe: Recipe, spec: ModelSpec, hardware: Hardware, data: DataPro
         "device": hardware.device, "tokens_per_batch": recipe.train.tokens_per_batch,
         "longest_sequence": min(data.longest_sequence, recipe.train.tokens_per_batch),
         "gradient_checkpointing": recipe.train.gradient_checkpointing or method == "qlora",
+        "frozen_embeddings": recipe.freezes_embeddings(method),
         "lora_rank": recipe.train.lora.r, "labels": data.labels,
     }
     values.update(changes)
