@@ -341,9 +341,9 @@ def train(
                         generator=torch.Generator().manual_seed(recipe.train.seed))
 
     # eager attention for the training steps; evaluation switches back to the model's own (sdpa: faster inference)
-    train_attention = training_attention(recipe, model, device)
     inference_attention = attention_in_use(model)
-    set_attention(model, train_attention)
+    set_attention(model, training_attention(recipe, model, device))
+    train_attention = attention_in_use(model)  # what the steps use: a model that cannot switch keeps its own
     # fused: one kernel per step and no full-size temporaries (foreach AdamW briefly holds extra copies)
     optimizer = torch.optim.AdamW(
         decay_groups(model, recipe.train.weight_decay, recipe.train.loop_lr, recipe.train.layer_decay),
@@ -605,7 +605,7 @@ def train(
         "processes": accelerator.num_processes,
         "threads": torch.get_num_threads(),
         "precision": "bf16" if amp_dtype is not None else "fp32",
-        "attention": train_attention or inference_attention,  # the kernel the training steps used
+        "attention": train_attention,  # the kernel the training steps used (None: not a transformers model)
         "frozen_embeddings": recipe.freezes_embeddings(),
         "parameters": parameters,
         "train_examples": labelled_examples,  # examples, not pairs, for method fewshot
