@@ -251,7 +251,7 @@ def test_kernel_caches_are_capped_unless_the_user_set_them(monkeypatch):
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "256")
     limit_kernel_caches()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "16"
     assert os.environ["LRU_CACHE_CAPACITY"] == "256"  # the user's value wins
 
 

@@ -92,6 +92,8 @@ def limit_kernel_caches() -> None:
 
     - oneDNN's primitive cache keeps a compiled kernel per input shape, up to 1,024. Capped at 64: ~250 MB less
       peak RSS on 3,000 SST-2 rows (400 MB on all 67k) for ~5% of speed, same accuracy (measured, A/B twice).
+      At 16 (main job with a frozen token table and eager attention, A/B twice, idle): 969-970 instead of 992-995
+      MB for 3,781-3,833 instead of 3,805-3,859 real tokens/s; at 4 it ran a third slower.
     - PyTorch's ideep layer keeps its own LRU cache of matmul objects per shape (`LRU_CACHE_CAPACITY`, default
       1,024), each holding ~2.5 MB of buffers: live memory grew by ~250 MB over 100 steps of varying shapes.
       Capped at 16 on the main job (8,000 rows, tcmalloc, idle): peak RSS 1,160 instead of 1,321 MB and 3,910
@@ -99,7 +101,7 @@ def limit_kernel_caches() -> None:
 
     Both are read when oneDNN first runs, so this must come before the first matmul; a user's values win.
     """
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
     os.environ.setdefault("LRU_CACHE_CAPACITY", "16")
 
 
