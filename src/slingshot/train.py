@@ -163,6 +163,7 @@ def set_attention(model: torch.nn.Module, kernel: str | None) -> None:
 
 
 def attention_in_use(model: torch.nn.Module) -> str | None:
+    """The attention kernel of the transformers model inside `model`, or None when there is none."""
     owner = attention_owner(model)
     return None if owner is None else owner.config._attn_implementation
 
