@@ -123,6 +123,32 @@ def test_full_fp32_memory_by_hand():
     assert memory.total_mb == pytest.approx(parameters * 16 / MB + memory.activations_mb)
 
 
+def test_a_pooled_allocator_drops_the_heap_slack_of_one_batch_of_activations():
+    from slingshot.plan.estimate import CPU_RUNTIME_MB, runtime_overhead_mb
+
+    glibc = Setup(method="full", precision="fp32", device="cpu", tokens_per_batch=100, longest_sequence=10)
+    pooled = Setup(method="full", precision="fp32", device="cpu", tokens_per_batch=100, longest_sequence=10,
+                   pooled_allocator=True)
+    assert runtime_overhead_mb(glibc, weights_mb=10, activations=40) == CPU_RUNTIME_MB + 10 + 40
+    assert runtime_overhead_mb(pooled, weights_mb=10, activations=40) == CPU_RUNTIME_MB + 10
+    a, b = memory_estimate(SMALL, glibc), memory_estimate(SMALL, pooled)
+    assert a.total_mb - b.total_mb == pytest.approx(a.activations_mb)
+
+
+def test_the_plan_assumes_the_allocator_this_process_runs_under(monkeypatch):
+    from slingshot.plan import planner
+    from slingshot.plan.planner import DataProfile
+
+    recipe = recipe_from_dict({"task": "classification", "model": {"name": "tiny"}, "data": {"train": "x.csv"}})
+    hardware = Hardware(name="here", device="cpu", cores=2, ram_mb=8192, matmul_gflops={"fp32": {256: 10.0}})
+    data = DataProfile(train_rows=10, train_tokens=100, eval_tokens=0, mean_tokens=10, mean_sequence=10,
+                       longest_sequence=10, padding_fraction=0, batches_per_epoch=1, labels=2,
+                       counted_with="tokenizer")
+    for allocator, pooled in [("tcmalloc", True), ("jemalloc", True), (None, False)]:
+        monkeypatch.setattr(planner, "preloaded", lambda allocator=allocator: allocator)
+        assert planner.setup_for(recipe, SMALL, hardware, data, "full").pooled_allocator is pooled
+
+
 def test_frozen_embeddings_leave_the_token_table_out_of_gradients_and_adamw():
     full = Setup(method="full", precision="fp32", device="cpu", tokens_per_batch=100, longest_sequence=10)
     frozen = Setup(method="full", precision="fp32", device="cpu", tokens_per_batch=100, longest_sequence=10,

@@ -204,7 +204,9 @@ def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_bert):
 
 
 def test_layer_decay_and_weight_averaging_train_and_save_the_averaged_weights(tmp_path, tiny_bert, toy_data):
-    result = run(tmp_path, tiny_bert, toy_data, epochs=8, layer_decay=0.8, ema=0.9)
+    # 12 epochs at lr 5e-3: at 8 epochs and 3e-3 the averaged toy model stayed at chance for 2-3 of seeds 42-49 with
+    # either dropout sampler, or barely separated the classes (its final score then moved by 2 of 40 examples)
+    result = run(tmp_path, tiny_bert, toy_data, epochs=12, lr=5e-3, layer_decay=0.8, ema=0.9)
     assert result.metrics["eval"]["accuracy"] >= 0.9
     # the saved model is the averaged one that was scored: evaluating it again gives the same accuracy
     best = max(e["accuracy"] for e in result.metrics["evaluations"])

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from slingshot.allocator import preloaded
 from slingshot.batching import TokenBudgetBatchSampler, padding_fraction, token_counts
 from slingshot.data import load_data
+from slingshot.dropout import fast_cpu_dropout
 from slingshot.errors import RecipeError, RunDirError
 from slingshot.inference import FORWARD_COLUMNS, forward_logits
 from slingshot.judge import judge_records
@@ -415,7 +416,8 @@ def train(
     mark = session_start  # end of the last step, evaluation or save: train_time_s counts from here
     model.train()
     try:
-        with progress:
+        # dropout masks drawn 4x faster on a CPU (slingshot.dropout: PyTorch's sampler took 7.8% of a step)
+        with progress, fast_cpu_dropout(device.type == "cpu"):
             while state.step < total_steps and state.epoch < epochs:
                 loader.set_epoch(state.epoch)
                 batches_this_epoch = len(loader)

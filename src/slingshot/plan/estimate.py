@@ -31,13 +31,17 @@ CUDA_RUNTIME_MB = 1024.0
 # Past the live tensors a CPU process's RSS grows, fitted on all-MiniLM-L6-v2 runs here (3,000 SST-2 rows, one
 # epoch; peak RSS 1,329 MB in fp32 and 1,481 MB in bf16 under glibc, before the kernel caches were capped):
 # - copies of the weights at the end: safetensors serialises one when saving; LoRA first merges into a deep copy;
-# - the heap fragments under batches of ever-changing shapes: about one more batch of activations (fitted: 0.92).
+# - glibc's heap fragments under batches of ever-changing shapes: about one more batch of activations (fitted:
+#   0.92). tcmalloc and jemalloc (allocator.py, the command's default where installed) keep size-class pools: with
+#   tcmalloc, bench/plan_accuracy.py (3,000 rows, full / LoRA) peaked at 924 / 838 MB in bf16 (Xeon, AVX512) and
+#   962 / 878 MB in fp32 (AMD EPYC, AVX2), which the tensors, the runtime and the weight copies alone already
+#   over-estimate by 4-13%: no activation slack under them.
 # bf16 autocast once cost ~300 MB more for oneDNN's and ideep's per-shape kernel caches; with both capped
 # (train.limit_kernel_caches) the main job (8,000 rows, 3 epochs) peaked at 1,160 MB in bf16 and 1,127 MB in fp32
 # under tcmalloc, 1,318 and 1,523 MB under glibc (fp32's activations are twice as large): no bf16 term any more.
 # Longer runs fragment further (full SST-2, 2 epochs: 1,212 MB bf16 under tcmalloc), which this does not model.
 CPU_SLACK_WEIGHT_COPIES = {"full": 1, "lora": 2, "qlora": 2}
-CPU_SLACK_PER_ACTIVATION = 1.0
+CPU_SLACK_PER_ACTIVATION = {"glibc": 1.0, "pooled": 0.0}
 # Share of the calibrated fp32 matmul throughput (at the model's width) a whole training step reaches: norms,
 # activations, softmax, dropout, Python and data loading run between the matmuls. FINDINGS.md: a lean fp32 step
 # of all-MiniLM-L6-v2 reached 62% of a 2048x2048 matmul's rate in the same process; at the model's own, narrower
@@ -74,6 +78,7 @@ class Setup:
     longest_sequence: int  # tokens; attention scores grow with its square
     gradient_checkpointing: bool = False
     frozen_embeddings: bool = False  # full fine-tuning without the input token table (train.freeze_embeddings)
+    pooled_allocator: bool = False  # a CPU run under tcmalloc or jemalloc (allocator.py) rather than glibc's malloc
     lora_rank: int = 16
     labels: int = 2
 
@@ -237,7 +242,8 @@ def runtime_overhead_mb(setup: Setup, weights_mb: float, activations: float) -> 
     """Memory beside the tensors: libraries and data (CPU RSS) or the CUDA context (GPU), see the constants above."""
     if setup.device == "cuda":
         return CUDA_RUNTIME_MB
-    slack = CPU_SLACK_WEIGHT_COPIES[setup.method] * weights_mb + CPU_SLACK_PER_ACTIVATION * activations
+    heap = CPU_SLACK_PER_ACTIVATION["pooled" if setup.pooled_allocator else "glibc"]
+    slack = CPU_SLACK_WEIGHT_COPIES[setup.method] * weights_mb + heap * activations
     return CPU_RUNTIME_MB + slack
 
 

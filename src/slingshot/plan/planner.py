@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from slingshot.allocator import preloaded
 from slingshot.plan.catalogue import ModelSpec, model_spec
 from slingshot.plan.estimate import (
     CPU_BF16_TRAINING_SPEEDUP,
@@ -156,6 +157,8 @@ def setup_for(recipe: Recipe, spec: ModelSpec, hardware: Hardware, data: DataPro
         "longest_sequence": min(data.longest_sequence, recipe.train.tokens_per_batch),
         "gradient_checkpointing": recipe.train.gradient_checkpointing or method == "qlora",
         "frozen_embeddings": recipe.freezes_embeddings(method),
+        # the command runs under tcmalloc or jemalloc where one is installed, and training runs in this process
+        "pooled_allocator": hardware.device == "cpu" and preloaded() in {"tcmalloc", "jemalloc"},
         "lora_rank": recipe.train.lora.r, "labels": data.labels,
     }
     values.update(changes)

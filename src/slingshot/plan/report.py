@@ -59,6 +59,7 @@ def print_plan(plan: Plan, console: Console, *, brief: bool = False) -> None:
     console.print(f"limit: {gb(plan.memory_limit_mb)} ({'GPU memory' if hardware.device == 'cuda' else 'RAM'} x "
                   f"usable fraction); precision {chosen.setup.precision}; "
                   f"{'gradient checkpointing; ' if chosen.setup.gradient_checkpointing else ''}"
+                  f"{'' if hardware.device == 'cuda' else allocator_note(chosen.setup.pooled_allocator)}"
                   f"{chosen.time.train_gflops_per_s:,.0f} GFLOP/s assumed "
                   f"({'calibrated here' if hardware.measured else 'datasheet x assumed efficiency'})", highlight=False)
     for name, method in plan.methods.items():
@@ -119,3 +120,9 @@ def print_catalogue(console: Console) -> None:
 
 def parameters(count: int) -> str:
     return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+def allocator_note(pooled: bool) -> str:
+    """The CPU allocator the memory estimate assumes: glibc's heap fragments, tcmalloc and jemalloc hardly do."""
+    return ("tcmalloc/jemalloc heap; " if pooled
+            else "glibc heap (+1 batch of activations; install libtcmalloc-minimal4 for less); ")
