@@ -366,9 +366,9 @@ def train(
     # The averaged weights are what evaluation scores and what is saved: the raw weights only train.
     ema = None
     if recipe.train.ema is not None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(recipe.train.ema),
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=ema_update(recipe.train.ema),
                             use_buffers=True)
         accelerator.register_for_checkpointing(ema)
 
@@ -647,6 +647,29 @@ def train(
         accelerator.log(final, step=state.step)
         accelerator.end_training()
     return TrainResult(run, metrics, summary)
+
+
+def ema_update(decay: float):
+    """PyTorch's EMA update (`get_ema_multi_avg_fn`) for floating-point tensors; integer ones are copied.
+
+    PyTorch's own takes integer buffers through `ema * decay + current * (1 - decay)` and truncates: BERT's
+    position ids [0, 1, 2, ...] became [0, 1, 2, 2, 4, 5, 5, 6] after three updates at 0.9 and sink towards 0, so
+    the averaged model that evaluation scored had lost its word order (the saved model had not: those buffers are
+    not saved). Ids and masks are not something to average."""
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    average = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
+        # AveragedModel calls this once per device and dtype, so a list is all floating point or all not
+        if averaged and not (torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0])):
+            for kept, now in zip(averaged, current, strict=True):
+                kept.copy_(now)
+        else:
+            average(averaged, current, count)
+
+    return update
 
 
 def load_trained_weights(model: torch.nn.Module, path: Path) -> None:
