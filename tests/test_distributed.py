@@ -16,8 +16,17 @@ from conftest import toy_recipe
 pytestmark = pytest.mark.slow
 
 SCRIPT = """
-import sys, yaml
+import os, sys, time, yaml
+import torch
 from slingshot.recipe import recipe_from_dict
+slow = os.environ.get("SLOW_RANK")
+if slow is not None and os.environ.get("RANK") == slow:  # this process writes its RNG state late
+    save = torch.save
+    def late_save(obj, path, *args, **kwargs):
+        if "random_states" in str(path):
+            time.sleep(1.0)
+        return save(obj, path, *args, **kwargs)
+    torch.save = late_save
 from slingshot.train import train
 raw = yaml.safe_load(open(sys.argv[1]))
 stop = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else None
@@ -26,7 +35,8 @@ print("INTERRUPTED" if result.interrupted else "FINISHED", flush=True)
 """
 
 
-def launch(tmp_path: Path, recipe: dict, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def launch(tmp_path: Path, recipe: dict, *args: str, processes: int = 2,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     recipe_path = tmp_path / f"{recipe['name']}.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     script = tmp_path / "launch_train.py"
@@ -35,9 +45,11 @@ def launch(tmp_path: Path, recipe: dict, *args: str, processes: int = 2) -> subp
     # --multi_gpu picks torch.distributed's launcher; without a GPU, Accelerate runs MULTI_CPU over gloo
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
                "--mixed_precision", "no", "--main_process_port", "0", str(script), str(recipe_path), *args]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # each rank's own error lines first: the launcher's tail alone hides which process failed, and why
+    errors = [line for line in done.stderr.splitlines() if line.startswith("[rank") and "Error" in line]
+    assert done.returncode == 0, "\n".join(errors) + "\n" + done.stderr[-3000:]
     return done
 
 
@@ -79,10 +91,15 @@ def test_two_processes_match_one_process_with_the_same_effective_batches(tmp_pat
 
 def test_an_interrupted_two_process_run_resumes_to_the_end(tmp_path, recipes):
     recipe = recipes("resumed", threads=1, checkpoint_every=5)
-    first = launch(tmp_path, recipe, "7")
+    # Rank 1 writes its RNG state a second late: the checkpoint folder must not be renamed under it (CI once
+    # crashed there), and the checkpoint must hold both processes' states.
+    first = launch(tmp_path, recipe, "7", env={"SLOW_RANK": "1"})
     assert "INTERRUPTED" in first.stdout
     run = tmp_path / "runs" / "resumed"
-    assert (run / "checkpoints" / "last").is_dir() and not (run / "summary.json").exists()
+    last = run / "checkpoints" / "last"
+    assert last.is_dir() and not (run / "summary.json").exists()
+    assert (last / "random_states_0.pkl").is_file() and (last / "random_states_1.pkl").is_file()
+    assert not (run / "checkpoints" / "last.tmp").exists()
     second = launch(tmp_path, recipe, "--resume")
     assert "FINISHED" in second.stdout
     summary = json.loads((run / "summary.json").read_text())

@@ -394,13 +394,18 @@ def train(
 
     def save_checkpoint() -> None:
         # Written beside the old one and renamed, so a crash while saving keeps the previous checkpoint.
+        # Every process writes its own RNG state into the folder (save_state has no barrier at its end): the main
+        # process renames it only once all have written, or another process's file lands in a folder just moved
+        # (a crash on a slower process, or a checkpoint without its RNG state).
         staging = run.checkpoints / "last.tmp"
         accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json(staging / "slingshot_state.json", {"step": state.step})
             if run.last_checkpoint.exists():
                 shutil.rmtree(run.last_checkpoint)
             os.replace(staging, run.last_checkpoint)
+        accelerator.wait_for_everyone()  # nobody starts the next checkpoint, or returns, before the rename
 
     def save_best() -> None:
         from safetensors.torch import save_model
