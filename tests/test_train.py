@@ -373,7 +373,24 @@ def test_weight_averaging_copies_integer_buffers_instead_of_truncating_them(tiny
     ids = dict(averaged.module.named_buffers())["bert.embeddings.position_ids"]
     assert torch.equal(ids, dict(model.named_buffers())["bert.embeddings.position_ids"])
     assert ids.flatten()[:8].tolist() == list(range(8))
-    # floating-point weights are still averaged: the first update copies (+1), then two lerps at 0.1 towards +2, +3
+    # floating-point weights are averaged: the first update copies (+1), then update n lerps towards the current
+    # weights with decay min(0.9, (1 + n) / (10 + n)): 2/11 for n = 1 (towards +2), 3/12 for n = 2 (towards +3)
     name = "classifier.weight"
     got = dict(averaged.module.named_parameters())[name]
-    assert torch.allclose(got, before[name] + (0.9 * (0.9 * 1 + 0.1 * 2) + 0.1 * 3), atol=1e-5)
+    second = 2 / 11 * 1 + 9 / 11 * 2
+    assert torch.allclose(got, before[name] + (3 / 12 * second + 9 / 12 * 3), atol=1e-5)
+
+
+def test_weight_averaging_warms_its_decay_up_and_then_holds_it():
+    from slingshot.train import ema_update
+
+    update = ema_update(0.9)
+    kept, now = [torch.zeros(3)], [torch.ones(3)]
+    shares = []  # the starting weights' share of the average, after each update
+    for n in range(1, 200):
+        update(kept, now, torch.tensor(n))
+        shares.append(1 - float(kept[0][0]))
+    decays = [min(0.9, (1 + n) / (10 + n)) for n in range(1, 200)]
+    expected = torch.tensor(decays).cumprod(0)
+    torch.testing.assert_close(torch.tensor(shares), expected, atol=1e-6, rtol=1e-5)
+    assert decays[-1] == 0.9 and decays[0] < 0.2  # full decay once (1 + n) / (10 + n) passes it (n >= 80)

@@ -178,7 +178,8 @@ class TrainSection(Section):
     )
     ema: float | None = Field(
         None, gt=0, lt=1, description="Keep an exponential moving average of the weights with this decay (e.g. "
-        "0.999) and evaluate and save it instead of the raw weights; null = off. Costs one copy of the weights.",
+        "0.999) and evaluate and save it instead of the raw weights; null = off. Warmed up: update n uses "
+        "min(ema, (1 + n) / (10 + n)). Costs one copy of the weights.",
     )
     tokens_per_batch: int = Field(
         1024, ge=16, description="Token budget of a batch, padding included: batch size varies, tokens stay constant."

@@ -655,24 +655,28 @@ def train(
 
 
 def ema_update(decay: float):
-    """PyTorch's EMA update (`get_ema_multi_avg_fn`) for floating-point tensors; integer ones are copied.
+    """The update of an exponential moving average of the weights, with the decay warmed up; integer tensors copied.
 
-    PyTorch's own takes integer buffers through `ema * decay + current * (1 - decay)` and truncates: BERT's
-    position ids [0, 1, 2, ...] became [0, 1, 2, 2, 4, 5, 5, 6] after three updates at 0.9 and sink towards 0, so
-    the averaged model that evaluation scored had lost its word order (the saved model had not: those buffers are
-    not saved). Ids and masks are not something to average."""
-    from torch.optim.swa_utils import get_ema_multi_avg_fn
+    Warm-up: update n (1, 2, ...) uses min(decay, (1 + n) / (10 + n)), TensorFlow's `num_updates` rule (timm and
+    diffusers warm up alike). PyTorch's `get_ema_multi_avg_fn` uses the full decay from the first step, so the
+    starting weights, randomly initialised head included, keep 0.999^n of the average: 39% after PolicyQA's 942
+    steps, 8% after 2,528 on full SST-2. With the warm-up their share falls like (1/n)^9.
 
-    average = get_ema_multi_avg_fn(decay)
+    Integer buffers are copied: PyTorch's update takes them through `ema * decay + current * (1 - decay)` and
+    truncates, so BERT's position ids [0, 1, 2, ...] became [0, 1, 2, 2, 4, 5, 5, 6] after three updates at 0.9
+    and sank towards 0; the averaged model that evaluation scored had lost its word order (the saved model had
+    not: those buffers are not saved). Ids and masks are not something to average."""
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
-        # AveragedModel calls this once per device and dtype, so a list is all floating point or all not
+        # AveragedModel calls this once per device and dtype, so a list is all floating point or all not; count is
+        # the number of updates before this one (the first, which copies, does not call it)
         if averaged and not (torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0])):
             for kept, now in zip(averaged, current, strict=True):
                 kept.copy_(now)
-        else:
-            average(averaged, current, count)
+        elif averaged:
+            n = int(count)
+            torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
 
     return update
 
