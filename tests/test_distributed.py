@@ -106,3 +106,7 @@ def test_an_interrupted_two_process_run_resumes_to_the_end(tmp_path, recipes):
     straight = single(tmp_path, recipes("straight", grad_accum=2, threads=1))
     assert summary["optimizer_steps"] == straight.summary["optimizer_steps"]
     assert summary["examples_seen"] == straight.summary["examples_seen"]
+    # the log was cut back to the checkpoint once, by the one process that writes it: every step once, in order
+    entries = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    steps = [entry["step"] for entry in entries if "loss" in entry]
+    assert steps and steps == sorted(set(steps)) and steps[-1] <= summary["optimizer_steps"]

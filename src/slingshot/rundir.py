@@ -108,11 +108,17 @@ def find_run(path: str | Path) -> RunDir:
     return run
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically: a crash mid-write leaves the old file, never half a file."""
+def write_text(path: Path, text: str) -> None:
+    """Write atomically: a crash mid-write, or a reader in another process, sees the old file or the new one,
+    never half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically (see `write_text`)."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -156,7 +162,7 @@ def truncate_log(path: Path, last_step: int) -> None:
         return
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 class ResourceMeter:

@@ -43,6 +43,7 @@ from slingshot.rundir import (
     versions,
     write_json,
     write_jsonl,
+    write_text,
 )
 from slingshot.similarity import score_records
 from slingshot.tasks import GeneratingTask, get_task
@@ -327,8 +328,10 @@ def train(
         run = RunDir(Path(recipe.output.dir) / (recipe.name or "run"))
     if resume:
         check_same_recipe(run, recipe)
+    # atomic, and after every process has read the saved recipe: another process resuming may be reading it now
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
+        write_text(run.recipe, recipe.to_yaml())
     tracking = start_trackers(accelerator, recipe, run.path.name)
 
     # Batches: length-sorted pools under a token budget, reshuffled every epoch from seed + epoch.
@@ -376,7 +379,8 @@ def train(
         return ema.module if ema is not None else accelerator.unwrap_model(model)
     if resume:
         accelerator.load_state(str(run.last_checkpoint))
-        truncate_log(run.train_log, state.step)
+        if accelerator.is_main_process:  # the one process that writes the log
+            truncate_log(run.train_log, state.step)
 
     best_is_max = recipe.metric_greater_is_better
     metric_name = recipe.best_metric
