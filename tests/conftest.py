@@ -202,13 +202,14 @@ def toy_data(tmp_path) -> dict[str, Path]:
 
 def toy_recipe(tmp_path: Path, model: Path, data: dict[str, Path], **train) -> dict:
     """A recipe dict for the toy data: small batches, one thread, runs under tmp_path. The tiny models' word
-    embeddings are random, so they train too (classification's default keeps pretrained ones frozen)."""
+    embeddings are random, so they train too (classification's default keeps pretrained ones frozen). The epochs
+    given are the steps taken: no more passes for the small training set (train.min_steps)."""
     return {
         "name": "toy",
         "model": {"name": str(model), "max_length": 32},
         "data": {"train": str(data["train"]), "eval": str(data["eval"])},
         "train": {"epochs": 3, "lr": 3e-3, "tokens_per_batch": 256, "max_batch_size": 16, "threads": 1,
-                  "warmup_ratio": 0.0, "freeze_embeddings": False, **train},
+                  "warmup_ratio": 0.0, "freeze_embeddings": False, "min_steps": None, **train},
         "output": {"dir": str(tmp_path / "runs")},
     }
 

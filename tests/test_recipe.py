@@ -112,3 +112,19 @@ def test_every_accelerate_config_loads_and_names_its_launch_command(path):
     assert "accelerate launch --config_file" in path.read_text().splitlines()[0] or "accelerate launch" in \
         path.read_text()[:400]
     assert "-m slingshot train" in path.read_text()[:400]
+
+
+def test_min_steps_auto_is_on_for_classifiers_and_regression_only():
+    def recipe(task="classification", **train):
+        return recipe_from_dict({"task": task, "model": {"name": "m"}, "data": {"train": "t.csv"}, "train": train})
+
+    assert recipe().min_train_steps() == 200
+    assert recipe("regression", method="lora").min_train_steps() == 200
+    for task in ("extractive_qa", "generation", "seq2seq"):
+        assert recipe(task).min_train_steps() is None
+    assert recipe(method="fewshot").min_train_steps() is None  # its steps are pairs
+    assert recipe(method="fewshot", min_steps=50).min_train_steps() is None
+    assert recipe("generation", min_steps=50).min_train_steps() == 50
+    assert recipe(min_steps=None).min_train_steps() is None
+    with pytest.raises(RecipeError, match="min_steps"):
+        recipe(min_steps=0)

@@ -394,3 +394,21 @@ def test_weight_averaging_warms_its_decay_up_and_then_holds_it():
     expected = torch.tensor(decays).cumprod(0)
     torch.testing.assert_close(torch.tensor(shares), expected, atol=1e-6, rtol=1e-5)
     assert decays[-1] == 0.9 and decays[0] < 0.2  # full decay once (1 + n) / (10 + n) passes it (n >= 80)
+
+
+def test_a_small_training_set_trains_on_smaller_batches_then_makes_more_passes(tmp_path, tiny_bert, toy_data):
+    def fit(name, min_steps):
+        raw = toy_recipe(tmp_path, tiny_bert, toy_data, tokens_per_batch=1024, max_batch_size=64, min_steps=min_steps)
+        return train(recipe_from_dict({**raw, "name": name}), show_progress=False).summary
+
+    # 160 short texts fill 3 batches of 1,024 tokens (64 a batch): 9 steps in 3 epochs, too few to learn from
+    full = fit("as-given", None)
+    assert full["tokens_per_batch"] == 1024 and full["optimizer_steps"] == 9 and full["examples_seen"] == 3 * 160
+    # halved to 128 tokens (about 11 texts a batch): 42 steps in the same 3 passes
+    smaller = fit("smaller", 40)
+    assert smaller["tokens_per_batch"] == 128 and smaller["optimizer_steps"] == 42
+    assert smaller["examples_seen"] == 3 * 160
+    # 64 tokens would leave fewer than 8 texts a step: more passes make up the rest
+    longer = fit("longer", 60)
+    assert longer["tokens_per_batch"] == 128 and longer["optimizer_steps"] == 60
+    assert 4 * 160 < longer["examples_seen"] < 5 * 160

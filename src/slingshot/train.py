@@ -336,9 +336,10 @@ def train(
 
     # Batches: length-sorted pools under a token budget, reshuffled every epoch from seed + epoch.
     train_split = encoded["train"]
+    # a small training set gets smaller batches, so that it still gets enough optimizer steps (train.min_steps)
+    token_budget = recipe.batch_tokens(train_split["length"], accelerator.num_processes)
     sampler = TokenBudgetBatchSampler(
-        train_split["length"], recipe.train.tokens_per_batch, recipe.train.loop_max_batch_size,
-        shuffle=True, seed=recipe.train.seed,
+        train_split["length"], token_budget, recipe.train.loop_max_batch_size, shuffle=True, seed=recipe.train.seed,
     )
     collate = task.collator(tokenizer)
     model_columns = [c for c in task.batch_columns if c in train_split.column_names]
@@ -358,7 +359,8 @@ def train(
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accum = recipe.train.grad_accum
     steps_per_epoch = math.ceil(len(loader) / accum)
-    total_steps = max(1, math.ceil(steps_per_epoch * recipe.train.loop_epochs))
+    # a small training set makes more passes when smaller batches alone leave it short of train.min_steps
+    total_steps = max(1, math.ceil(steps_per_epoch * recipe.train.loop_epochs), recipe.min_train_steps() or 0)
     schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[recipe.train.schedule]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(recipe.train.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -419,6 +421,10 @@ def train(
             save_model(scored_model(), str(run.best_checkpoint / "model.safetensors"))
 
     progress = TrainProgress(total_steps, enabled=show_progress and accelerator.is_main_process, start_step=state.step)
+    if token_budget < recipe.train.tokens_per_batch or total_steps > steps_per_epoch * recipe.train.loop_epochs:
+        progress.note(f"small training set: batches of up to {token_budget} tokens (train.tokens_per_batch "
+                      f"{recipe.train.tokens_per_batch}) and {total_steps / steps_per_epoch:.3g} passes over the data, "
+                      f"for {total_steps} optimizer steps (train.min_steps)")
     interrupted = False
     epochs = math.ceil(total_steps / steps_per_epoch)
     session_start = time.perf_counter()
@@ -643,6 +649,7 @@ def train(
         "real_tokens_per_s": round(state.real_tokens / max(state.train_time_s, 1e-9), 1),
         "padding_fraction": round(1 - state.real_tokens / max(state.padded_tokens, 1), 4),
         "padding_fraction_epoch0": round(padding_fraction(sampler.batches, lengths), 4),
+        "tokens_per_batch": token_budget,  # below train.tokens_per_batch for a small training set (train.min_steps)
         "useful_gflop_per_s": round(6 * parameters["non_embedding"] * state.real_tokens
                                     / max(state.train_time_s, 1e-9) / 1e9, 2),
         "price_per_hour_usd": recipe.output.price_per_hour_usd,

@@ -237,8 +237,9 @@ def profile_data(recipe: Recipe, spec: ModelSpec) -> DataProfile:
 
     train_lengths = lengths_of("train")
     eval_lengths = lengths_of("eval")
-    batches = token_budget_batches(train_lengths, recipe.train.tokens_per_batch, recipe.train.max_batch_size,
-                                   shuffle=True, seed=recipe.train.seed)
+    # the batches training will cut: a small training set gets a smaller budget (train.min_steps)
+    batches = token_budget_batches(train_lengths, recipe.batch_tokens(train_lengths),
+                                   recipe.train.max_batch_size, shuffle=True, seed=recipe.train.seed)
     total = sum(train_lengths)
     labels = len(loaded.label_names) if loaded.label_names else 1
     return DataProfile(
@@ -280,11 +281,14 @@ def _local_tokenizer(spec: ModelSpec):
 
 def workload_of(recipe: Recipe, data: DataProfile) -> Workload:
     epochs = recipe.train.epochs
+    steps_per_epoch = max(1, math.ceil(data.batches_per_epoch / recipe.train.grad_accum))
+    wanted = recipe.min_train_steps()
+    if wanted and steps_per_epoch * epochs < wanted:  # a small training set makes more passes (train.min_steps)
+        epochs = wanted / steps_per_epoch
     if recipe.train.eval_every is None:
         evaluations = math.ceil(epochs) + 1  # every epoch's end, then the best model once more (train.py)
     else:
-        steps = math.ceil(data.batches_per_epoch / recipe.train.grad_accum) * epochs
-        evaluations = math.ceil(steps / recipe.train.eval_every) + 1
+        evaluations = math.ceil(steps_per_epoch * epochs / recipe.train.eval_every) + 1
     return Workload(train_tokens=data.train_tokens, epochs=epochs, padding_fraction=data.padding_fraction,
                     mean_sequence=data.mean_sequence, eval_tokens=data.eval_tokens, evaluations=evaluations,
                     prediction_tokens=data.mean_tokens, batches_per_epoch=data.batches_per_epoch,
