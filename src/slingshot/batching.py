@@ -84,8 +84,9 @@ def fit_token_budget(
 
     A budget of 1,024 tokens holds ~50 short texts, so 1,000 SST-2 sentences make 19 batches an epoch and 57 optimizer
     steps in 3 epochs: too few updates to fine-tune (78.8% dev accuracy against 81.1% with 256-token batches, mean
-    of 3 seeds; bench/small_data.py). Halving the batch doubles the updates for the same compute. Counted as the
-    loop counts: batches of the first epoch, shared among `processes`, `grad_accum` of them per step.
+    of 3 seeds; bench/small_data.py). Halving the batch doubles the updates for the same tokens (smaller batches
+    run somewhat slower per token on a CPU). Counted as the loop counts: batches of the first epoch, shared among
+    `processes`, `grad_accum` of them per step.
     """
     def steps_and_examples(budget: int) -> tuple[int, float]:
         batches = len(token_budget_batches(lengths, budget, max_batch_size, shuffle=True, seed=seed))
