@@ -233,6 +233,19 @@ def test_flops_and_time_by_hand():
                                                  + adapted.step_overhead_s + adapted.adapter_time_s)
 
 
+def test_optimizer_steps_are_counted_as_the_training_loop_counts_them():
+    # train.py: steps per epoch = ceil(batches / accumulation), then the total over (possibly fractional) epochs
+    def steps(batches, accum, epochs):
+        return Workload(train_tokens=1, epochs=epochs, padding_fraction=0.0, mean_sequence=1, eval_tokens=0,
+                        evaluations=0, prediction_tokens=1, batches_per_epoch=batches, grad_accum=accum).optimizer_steps
+
+    assert steps(100, 1, 2) == 200
+    assert steps(10, 3, 2.5) == 10  # 4 steps an epoch (the last one takes the single leftover batch) x 2.5
+    assert steps(10, 3, 2) == 8
+    assert steps(7, 1, 200 / 7) == 200  # train.min_steps: epochs raised to reach 200 steps
+    assert steps(1, 4, 0.1) == 1
+
+
 # ------------------------------------------------------------------------------------------------ hardware
 
 

@@ -98,6 +98,11 @@ class Workload:
     grad_accum: int = 1
     teacher_flops: float = 0.0  # train.distill: the teachers' one forward pass over the training split
 
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps over all epochs, counted as train.py counts them."""
+        return max(1, math.ceil(math.ceil(self.batches_per_epoch / self.grad_accum) * self.epochs))
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -285,7 +290,7 @@ def time_estimate(spec: ModelSpec, setup: Setup, workload: Workload, matmul_gflo
     rate = matmul_gflops * 1e9 * TRAINING_EFFICIENCY[setup.device]
     matmul_time = train_flops / rate
     batches = workload.batches_per_epoch * workload.epochs
-    steps = math.ceil(workload.batches_per_epoch / workload.grad_accum) * workload.epochs
+    steps = workload.optimizer_steps
     bandwidth = (memory_bandwidth_gb_s or 10.0) * 1e9
     optimizer_time = steps * trainable_parameters(spec, setup) * ADAMW_BYTES_MOVED_PER_PARAMETER / bandwidth
     adapter_time = 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 from rich.console import Console
 from rich.table import Table
@@ -28,7 +27,7 @@ def print_plan(plan: Plan, console: Console, *, brief: bool = False) -> None:
     console.print(f"[bold]plan[/bold] {plan.recipe_name}: {spec.id} ({spec.kind}, {parameters(spec.parameters)} "
                   f"parameters) for {plan.task}", highlight=False)
     console.print(f"hardware: {describe_hardware(plan)}", highlight=False)
-    steps = math.ceil(data.batches_per_epoch / plan.workload.grad_accum * plan.workload.epochs)
+    steps = plan.workload.optimizer_steps
     console.print(f"data: {data.train_rows:,} training rows, {data.train_tokens:,} tokens per epoch (counted with "
                   f"{data.counted_with}), epochs {plan.workload.epochs:.3g} ({steps:,} optimizer steps), mean "
                   f"{data.mean_tokens:.0f} tokens, longest {data.longest_sequence}, padding "
