@@ -53,6 +53,40 @@ def test_invalid_values_are_all_reported_together(tmp_path):
         assert field in error.value.message
 
 
+def test_a_field_taking_a_number_or_auto_reports_one_problem_without_pydantic_member_tags(tmp_path):
+    path = write(tmp_path, "train:\n  lr: -1\n  min_steps: 0\n  freeze_embeddings: maybe\n")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    message = error.value.message
+    assert "train.lr: Input should be greater than 0, or 'auto' (got -1)" in message
+    assert "train.min_steps: Input should be greater than 0, or 'auto' (got 0)" in message
+    assert "train.freeze_embeddings: Input should be a valid boolean" in message and "or 'auto' (got 'maybe')" in message
+    assert "constrained-" not in message and "literal[" not in message and message.count("train.lr") == 1
+
+
+def test_learning_rate_auto_follows_method_and_task():
+    def recipe(task="classification", **train_fields):
+        return recipe_from_dict({"task": task, "model": {"name": "m"}, "data": {"train": "t.csv"},
+                                 "train": train_fields})
+
+    assert recipe().train.lr == "auto" and recipe().learning_rate() == 1e-4
+    # adapters start at zero: 1e-4 left a LoRA classifier near chance on 1,000 SST-2 sentences, 1e-3 gave 80.8%
+    assert recipe(method="lora").learning_rate() == 1e-3
+    assert recipe("regression", method="qlora").learning_rate() == 1e-3
+    assert recipe(method="lora").learning_rate("full") == 1e-4  # what `plan` and `curve` ask for another method
+    assert recipe().learning_rate("lora") == 1e-3
+    # LoRA for the text tasks is not measured: full fine-tuning's rate
+    assert recipe("generation", method="lora").learning_rate() == 1e-4
+    assert recipe("extractive_qa", method="lora").learning_rate() == 1e-4
+    assert recipe(method="fewshot").learning_rate() == recipe().train.fewshot.lr
+    assert recipe(method="lora", lr=2e-4).learning_rate() == 2e-4  # a rate the user sets is kept
+    assert load_recipe_text("train:\n  lr: 5e-4\n").train.lr == 5e-4  # YAML reads 5e-4 as a string; still a number
+
+
+def load_recipe_text(text: str) -> Recipe:
+    return recipe_from_dict(yaml.safe_load(text))
+
+
 def test_overrides_keep_yaml_types_and_create_sections(tmp_path):
     path = write(tmp_path, "train:\n  epochs: 1\n")
     recipe = load_recipe(path, ["train.lr=5e-5", "train.epochs=2", "data.label_names=[a, b]", "name=other"])

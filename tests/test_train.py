@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import toy_recipe, toy_rows, write_csv
 
 from slingshot.errors import RecipeError, RunDirError
@@ -169,6 +170,16 @@ def test_gradient_checkpointing_learns_like_the_plain_loop(tmp_path, tiny_bert, 
                        gradient_checkpointing=True)
     # recomputing activations changes no arithmetic: same seed, same batches, same weights
     assert checkpointed.metrics["eval"]["loss"] == pytest.approx(plain.metrics["eval"]["loss"], rel=1e-4)
+
+
+def test_lora_classifier_trains_at_the_auto_learning_rate_and_records_it(tmp_path, tiny_bert, toy_data):
+    result = run(tmp_path, tiny_bert, toy_data, method="lora", lr="auto", epochs=1, log_every=1)
+    assert result.summary["learning_rate"] == 1e-3
+    log = [json.loads(line) for line in result.run.train_log.read_text().splitlines()]
+    rates = [line["lr"] for line in log if "lr" in line]
+    assert rates and max(rates) <= 1e-3 and max(rates) > 5e-4  # no warm-up here: decays from 1e-3
+    saved = recipe_from_dict(yaml.safe_load((result.run.path / "recipe.yaml").read_text()))
+    assert saved.train.lr == "auto" and saved.learning_rate() == 1e-3
 
 
 def test_qlora_without_a_gpu_is_refused_before_the_run_directory_exists(tmp_path, tiny_bert, toy_data):

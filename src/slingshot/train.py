@@ -353,9 +353,9 @@ def train(
     set_attention(model, training_attention(recipe, model, device))
     train_attention = attention_in_use(model)  # what the steps use: a model that cannot switch keeps its own
     # fused: one kernel per step and no full-size temporaries (foreach AdamW briefly holds extra copies)
-    optimizer = torch.optim.AdamW(
-        decay_groups(model, recipe.train.weight_decay, recipe.train.loop_lr, recipe.train.layer_decay),
-        lr=recipe.train.loop_lr, fused=device.type in {"cpu", "cuda"})
+    peak_lr = recipe.learning_rate()
+    optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay, peak_lr, recipe.train.layer_decay),
+                                  lr=peak_lr, fused=device.type in {"cpu", "cuda"})
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accum = recipe.train.grad_accum
     steps_per_epoch = math.ceil(len(loader) / accum)
@@ -627,6 +627,7 @@ def train(
         "precision": "bf16" if amp_dtype is not None else "fp32",
         "attention": train_attention,  # the kernel the training steps used (None: not a transformers model)
         "frozen_embeddings": recipe.freezes_embeddings(),
+        "learning_rate": peak_lr,  # train.lr resolved (auto: by method and task)
         "parameters": parameters,
         "train_examples": labelled_examples,  # examples, not pairs, for method fewshot
         "template_examples": len(data.splits["train"]) - labelled_examples,  # fewshot.label_template's
