@@ -182,6 +182,22 @@ def test_lora_classifier_trains_at_the_auto_learning_rate_and_records_it(tmp_pat
     assert saved.train.lr == "auto" and saved.learning_rate() == 1e-3
 
 
+def test_lora_adapters_come_without_a_third_party_deprecation_warning(tiny_bert):
+    import warnings
+
+    from transformers import AutoModelForSequenceClassification
+
+    from slingshot.tasks.classification import apply_lora
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+    recipe = recipe_from_dict({"model": {"name": str(tiny_bert)}, "data": {"train": "t.csv"},
+                               "train": {"method": "lora"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # peft asks for transformers' deprecated is_gradient_checkpointing
+        adapted = apply_lora(model, recipe)
+    assert any("lora_" in name for name, _ in adapted.named_parameters())
+
+
 def test_qlora_without_a_gpu_is_refused_before_the_run_directory_exists(tmp_path, tiny_bert, toy_data):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

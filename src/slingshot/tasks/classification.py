@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +272,9 @@ def apply_lora(model: torch.nn.Module, recipe: Recipe, task_type=None,
         target_modules=targets,
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks for transformers' deprecated alias: noise the user cannot act on
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise RecipeError(
             f"LoRA cannot target {targets or 'the default modules'} in a '{model_type}' model: {str(exc)[:160]}",
