@@ -152,6 +152,16 @@ def test_resume_refuses_a_changed_recipe(tmp_path, tiny_bert, toy_data):
         train(recipe_from_dict(raw), show_progress=False, resume=True)
 
 
+def test_resume_may_change_the_thread_count(tmp_path, tiny_bert, toy_data):
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=2)
+    train(recipe_from_dict(raw), show_progress=False, stop_after_steps=2)
+    raw["train"]["threads"] = 2  # the machine's resources, not the computation: a preempted run moves machines
+    result = train(recipe_from_dict(raw), show_progress=False, resume=True)
+    assert result.summary["optimizer_steps"] > 2 and result.summary["threads"] == 2
+    saved = yaml.safe_load((result.run.path / "recipe.yaml").read_text())
+    assert saved["train"]["threads"] == 2  # the saved recipe says what the last part ran with
+
+
 def test_mmap_threshold_is_set_on_glibc_unless_the_environment_sets_it(monkeypatch):
     import platform
 

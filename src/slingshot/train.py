@@ -716,13 +716,18 @@ def load_trained_weights(model: torch.nn.Module, path: Path) -> None:
                 state[name].copy_(checkpoint.get_tensor(name))
 
 
+# Fields a resumed run may change: they choose the machine's resources, not the computation (a run preempted on
+# a 2-core machine continues on a 16-core one).
+RESUME_MAY_CHANGE = {"train.threads"}
+
+
 def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
     """A resumed run must continue the recipe it started with, or its numbers describe neither."""
     import yaml
 
     saved = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {}
     changed = sorted(key for key, value in _flatten(recipe.model_dump(mode="json")).items()
-                     if _flatten(saved).get(key) != value)
+                     if _flatten(saved).get(key) != value and key not in RESUME_MAY_CHANGE)
     if changed:
         raise RunDirError(f"recipe changed since run {run.path} started: {', '.join(changed)}",
                           "resume with the original recipe, or start over with --overwrite")
