@@ -152,6 +152,16 @@ def test_resume_refuses_a_changed_recipe(tmp_path, tiny_bert, toy_data):
         train(recipe_from_dict(raw), show_progress=False, resume=True)
 
 
+def test_resume_accepts_a_run_that_saved_the_number_auto_resolves_to(tmp_path, tiny_bert, toy_data):
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=2, lr=1e-4)  # as runs saved before train.lr had auto
+    train(recipe_from_dict(raw), show_progress=False, stop_after_steps=2)
+    raw["train"]["lr"] = "auto"  # 1e-4 for full fine-tuning: the same computation
+    train(recipe_from_dict(raw), show_progress=False, resume=True, stop_after_steps=3)  # not refused
+    raw["train"]["method"] = "lora"  # and auto is 1e-3 there: a different computation
+    with pytest.raises(RunDirError, match="started: train.method"):
+        train(recipe_from_dict(raw), show_progress=False, resume=True)
+
+
 def test_resume_may_change_the_thread_count(tmp_path, tiny_bert, toy_data):
     raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=2)
     train(recipe_from_dict(raw), show_progress=False, stop_after_steps=2)

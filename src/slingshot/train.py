@@ -725,9 +725,11 @@ def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
     """A resumed run must continue the recipe it started with, or its numbers describe neither."""
     import yaml
 
-    saved = yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {}
+    saved = _flatten(yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {})
+    # a run started before train.lr had `auto` saved the number auto now resolves to: the same computation
+    resolved = {"train.lr": recipe.learning_rate()} if recipe.train.lr == "auto" else {}
     changed = sorted(key for key, value in _flatten(recipe.model_dump(mode="json")).items()
-                     if _flatten(saved).get(key) != value and key not in RESUME_MAY_CHANGE)
+                     if saved.get(key) not in (value, resolved.get(key, value)) and key not in RESUME_MAY_CHANGE)
     if changed:
         raise RunDirError(f"recipe changed since run {run.path} started: {', '.join(changed)}",
                           "resume with the original recipe, or start over with --overwrite")
