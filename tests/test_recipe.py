@@ -78,6 +78,10 @@ def test_learning_rate_auto_follows_method_and_task():
     # LoRA for the text tasks is not measured: full fine-tuning's rate
     assert recipe("generation", method="lora").learning_rate() == 1e-4
     assert recipe("extractive_qa", method="lora").learning_rate() == 1e-4
+    # from a billion parameters up, the QLoRA paper's rate (not measured here)
+    assert recipe(method="qlora").learning_rate(parameters=7_600_000_000) == 2e-4
+    assert recipe(method="lora").learning_rate(parameters=22_700_000) == 1e-3
+    assert recipe(method="full").learning_rate(parameters=7_600_000_000) == 1e-4
     assert recipe(method="fewshot").learning_rate() == recipe().train.fewshot.lr
     assert recipe(method="lora", lr=2e-4).learning_rate() == 2e-4  # a rate the user sets is kept
     assert load_recipe_text("train:\n  lr: 5e-4\n").train.lr == 5e-4  # YAML reads 5e-4 as a string; still a number

@@ -216,6 +216,10 @@ def test_lora_adapters_come_without_a_third_party_deprecation_warning(tiny_bert)
         warnings.simplefilter("error", FutureWarning)  # peft asks for transformers' deprecated is_gradient_checkpointing
         adapted = apply_lora(model, recipe)
     assert any("lora_" in name for name, _ in adapted.named_parameters())
+    # train.lr auto counts the checkpoint's parameters: through the PEFT wrapper, adapters included
+    from slingshot.train import base_parameters
+
+    assert base_parameters(adapted) == sum(p.numel() for p in adapted.parameters()) > model.num_parameters() // 2
 
 
 def test_qlora_without_a_gpu_is_refused_before_the_run_directory_exists(tmp_path, tiny_bert, toy_data):

@@ -36,9 +36,12 @@ AUTO_MIN_STEPS = 200
 # train.lr: auto. Full fine-tuning takes 1e-4. LoRA adapters start at zero and move a small low-rank update: on
 # 1,000 SST-2 sentences a LoRA classifier at 1e-4 stayed near chance (55.3 +- 5.6%, 330-339 steps) and reached
 # 80.4 / 80.8 / 80.1% at 5e-4 / 1e-3 / 2e-3 (full fine-tuning: 82.0%; bench/small_data.py, 3 seeds). Generation
-# and extractive QA with LoRA are not measured: they keep 1e-4.
+# and extractive QA with LoRA are not measured: they keep 1e-4. Models of a billion parameters and more get the
+# QLoRA paper's 2e-4 (Dettmers et al., 2023, for 7B-13B models; not measured here).
 DEFAULT_LR = 1e-4
 AUTO_LORA_LR = 1e-3
+AUTO_LORA_LR_LARGE = 2e-4
+LARGE_MODEL_PARAMETERS = 1_000_000_000
 
 
 class Section(BaseModel):
@@ -182,8 +185,9 @@ class TrainSection(Section):
     epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
     lr: PositiveFloat | Literal["auto"] = Field(
         "auto", description="Peak learning rate (AdamW). auto: 1e-3 for LoRA/QLoRA adapters on a classifier or "
-        "regressor (at 1e-4 a LoRA classifier on 1,000 SST-2 sentences stayed near chance; 5e-4 to 2e-3 scored "
-        "80-81%, measured), else 1e-4. Method fewshot uses fewshot.lr.",
+        "regressor under 1B parameters (at 1e-4 a LoRA classifier on 1,000 SST-2 sentences stayed near chance; 5e-4 "
+        "to 2e-3 scored 80-81%, measured), 2e-4 from 1B up (the QLoRA paper's rate), else 1e-4. Method fewshot "
+        "uses fewshot.lr.",
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and LayerNorm).")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of optimizer steps spent warming up linearly.")
@@ -702,17 +706,19 @@ class Recipe(Section):
             return self.task == "classification"
         return self.train.freeze_embeddings
 
-    def learning_rate(self, method: str | None = None) -> float:
-        """The peak learning rate the loop uses with `method` (default: the recipe's): fewshot.lr for method
-        fewshot, else train.lr, with auto AUTO_LORA_LR for LoRA/QLoRA on classification and regression (measured
-        on SST-2) and DEFAULT_LR elsewhere."""
+    def learning_rate(self, method: str | None = None, parameters: int | None = None) -> float:
+        """The peak learning rate the loop uses with `method` (default: the recipe's) on a model of `parameters`
+        (None: unknown, taken as small): fewshot.lr for method fewshot, else train.lr, with auto AUTO_LORA_LR for
+        LoRA/QLoRA on classification and regression (measured on SST-2 and tweets with a 22M encoder),
+        AUTO_LORA_LR_LARGE for those from LARGE_MODEL_PARAMETERS up, and DEFAULT_LR elsewhere."""
         method = method or self.train.method
         if method == "fewshot":
             return self.train.fewshot.lr
         if self.train.lr != "auto":
             return self.train.lr
-        adapters = method in {"lora", "qlora"} and self.task in {"classification", "regression"}
-        return AUTO_LORA_LR if adapters else DEFAULT_LR
+        if method not in {"lora", "qlora"} or self.task not in {"classification", "regression"}:
+            return DEFAULT_LR
+        return AUTO_LORA_LR_LARGE if (parameters or 0) >= LARGE_MODEL_PARAMETERS else AUTO_LORA_LR
 
     def min_train_steps(self) -> int | None:
         """train.min_steps resolved: auto is AUTO_MIN_STEPS for classification and regression trained with

@@ -327,7 +327,7 @@ def train(
     if not accelerator.is_main_process:
         run = RunDir(Path(recipe.output.dir) / (recipe.name or "run"))
     if resume:
-        check_same_recipe(run, recipe)
+        check_same_recipe(run, recipe, base_parameters(model))
     # atomic, and after every process has read the saved recipe: another process resuming may be reading it now
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -353,7 +353,7 @@ def train(
     set_attention(model, training_attention(recipe, model, device))
     train_attention = attention_in_use(model)  # what the steps use: a model that cannot switch keeps its own
     # fused: one kernel per step and no full-size temporaries (foreach AdamW briefly holds extra copies)
-    peak_lr = recipe.learning_rate()
+    peak_lr = recipe.learning_rate(parameters=base_parameters(model))
     optimizer = torch.optim.AdamW(decay_groups(model, recipe.train.weight_decay, peak_lr, recipe.train.layer_decay),
                                   lr=peak_lr, fused=device.type in {"cpu", "cuda"})
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -716,18 +716,28 @@ def load_trained_weights(model: torch.nn.Module, path: Path) -> None:
                 state[name].copy_(checkpoint.get_tensor(name))
 
 
+def base_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the model as its checkpoint counts them: through a PEFT wrapper, and 4-bit weights at their
+    full count (transformers' num_parameters; a packed 4-bit tensor holds two values per byte)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "num_parameters"):
+        return base.num_parameters()
+    return sum(p.numel() for p in base.parameters())
+
+
 # Fields a resumed run may change: they choose the machine's resources, not the computation (a run preempted on
 # a 2-core machine continues on a 16-core one).
 RESUME_MAY_CHANGE = {"train.threads"}
 
 
-def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
-    """A resumed run must continue the recipe it started with, or its numbers describe neither."""
+def check_same_recipe(run: RunDir, recipe: Recipe, parameters: int | None = None) -> None:
+    """A resumed run must continue the recipe it started with, or its numbers describe neither. `parameters`: the
+    model's count, which train.lr auto depends on."""
     import yaml
 
     saved = _flatten(yaml.safe_load(run.recipe.read_text(encoding="utf-8")) if run.recipe.is_file() else {})
     # a run started before train.lr had `auto` saved the number auto now resolves to: the same computation
-    resolved = {"train.lr": recipe.learning_rate()} if recipe.train.lr == "auto" else {}
+    resolved = {"train.lr": recipe.learning_rate(parameters=parameters)} if recipe.train.lr == "auto" else {}
     changed = sorted(key for key, value in _flatten(recipe.model_dump(mode="json")).items()
                      if saved.get(key) not in (value, resolved.get(key, value)) and key not in RESUME_MAY_CHANGE)
     if changed:
