@@ -210,16 +210,17 @@ def test_lora_adapters_come_without_a_third_party_deprecation_warning(tiny_bert)
     from slingshot.tasks.classification import apply_lora
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+    before = model.num_parameters()
     recipe = recipe_from_dict({"model": {"name": str(tiny_bert)}, "data": {"train": "t.csv"},
                                "train": {"method": "lora"}})
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # peft asks for transformers' deprecated is_gradient_checkpointing
         adapted = apply_lora(model, recipe)
     assert any("lora_" in name for name, _ in adapted.named_parameters())
-    # train.lr auto counts the checkpoint's parameters: through the PEFT wrapper, adapters included
+    # train.lr auto counts the model's parameters through the PEFT wrapper: the base's, plus the small adapters
     from slingshot.train import base_parameters
 
-    assert base_parameters(adapted) == sum(p.numel() for p in adapted.parameters()) > model.num_parameters() // 2
+    assert before < base_parameters(adapted) == sum(p.numel() for p in adapted.parameters()) < 1.5 * before
 
 
 def test_qlora_without_a_gpu_is_refused_before_the_run_directory_exists(tmp_path, tiny_bert, toy_data):
