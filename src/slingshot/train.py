@@ -588,27 +588,14 @@ def train(
         else:
             final_eval = evaluate_split(task, unwrapped, encoded["eval"], collate, data.label_names, device,
                                         amp_dtype)
-        metrics["eval"] = final_eval["metrics"]
-        records = task.records(data.splits["eval"], final_eval["outputs"], data.label_names)
-        if task.text_answers and recipe.similarity.enabled:
-            metrics["eval"]["similarity"] = score_records(records, recipe.similarity, run.path / "similarity_eval.png",
-                                                          title=f"{recipe.name} eval")
-        if task.text_answers and recipe.judge.enabled:
-            metrics["eval"]["judge"] = judge_records(records, recipe.judge)
-        write_jsonl(run.predictions, records)
+        metrics["eval"] = final_split_metrics(task, recipe, run, "eval", data.splits["eval"], final_eval,
+                                              data.label_names)
         # test and gold (human labels kept apart from teacher labels) are scored once, after the model is chosen
         for split in ("test", "gold"):
             if split in encoded:
                 final = evaluate_split(task, unwrapped, encoded[split], collate, data.label_names, device, amp_dtype)
-                metrics[split] = final["metrics"]
-                records = task.records(data.splits[split], final["outputs"], data.label_names)
-                if task.text_answers and recipe.similarity.enabled:
-                    metrics[split]["similarity"] = score_records(records, recipe.similarity,
-                                                                 run.path / f"similarity_{split}.png",
-                                                                 title=f"{recipe.name} {split}")
-                if task.text_answers and recipe.judge.enabled:
-                    metrics[split]["judge"] = judge_records(records, recipe.judge)
-                write_jsonl(run.path / f"predictions_{split}.jsonl", records)
+                metrics[split] = final_split_metrics(task, recipe, run, split, data.splits[split], final,
+                                                     data.label_names)
         task.save(unwrapped, tokenizer, run.model, adapter_path=run.adapter)
         write_json(run.metrics, metrics)
         shutil.rmtree(run.checkpoints, ignore_errors=True)
@@ -767,6 +754,22 @@ def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype
     metrics = task.metrics(outputs, encoded, label_names)
     metrics["loss"] = task.eval_loss(logits, encoded)
     return {"metrics": metrics, "outputs": outputs}
+
+
+def final_split_metrics(task, recipe: Recipe, run: RunDir, split: str, rows, result: dict[str, Any],
+                        label_names: list[str] | None) -> dict[str, Any]:
+    """The metrics of the chosen model on one split, with answer similarity (and its histogram) and the judge's
+    verdicts for text answers; writes the split's predictions (predictions.jsonl for eval,
+    predictions_<split>.jsonl for test and gold). `result` is `evaluate_split`'s."""
+    metrics = result["metrics"]
+    records = task.records(rows, result["outputs"], label_names)
+    if task.text_answers and recipe.similarity.enabled:
+        metrics["similarity"] = score_records(records, recipe.similarity, run.path / f"similarity_{split}.png",
+                                              title=f"{recipe.name} {split}")
+    if task.text_answers and recipe.judge.enabled:
+        metrics["judge"] = judge_records(records, recipe.judge)
+    write_jsonl(run.predictions if split == "eval" else run.path / f"predictions_{split}.jsonl", records)
+    return metrics
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

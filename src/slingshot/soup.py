@@ -1,0 +1,266 @@
+"""Model soups: one model whose weights are the average of several runs fine-tuned from the same base model.
+
+    runs (same base, same task, same labels) --average every weight, tensor by tensor--> a new run folder
+    --score its eval (and test, gold) split once--> metrics.json, predictions, similarity, like a trained run
+
+Runs fine-tuned from one pretrained checkpoint usually end in one basin of the loss, so the average of their weights
+is itself a good model and often better than each of them (Wortsman et al. 2022, "Model soups: averaging weights of
+multiple fine-tuned models improves accuracy without increasing inference time"): most of an ensemble's gain, at one
+model's inference cost, with no more training. A soup of runs that share nothing but the architecture (different
+base checkpoints) is not a good model; averaging needs one starting point.
+
+Written by hand rather than with mergekit: a uniform or weighted mean is a few lines on safetensors, and mergekit
+targets LLM checkpoints (its own YAML, a heavy dependency). The soup is streamed one weight file at a time, each
+tensor averaged in float64 and stored in the members' dtype. LoRA generation runs that keep only an adapter are
+refused: the mean of A and B matrices is not the mean of the updates B A (merge them first with `export --merge`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from slingshot.errors import RunDirError, SlingshotError
+from slingshot.rundir import (
+    ResourceMeter,
+    RunDir,
+    estimated_cost_usd,
+    find_run,
+    open_run,
+    read_json,
+    versions,
+    write_json,
+    write_text,
+)
+
+WEIGHT_SUFFIX = ".safetensors"
+# config.json keys that say where and when a model was saved, not what it computes
+CONFIG_NOISE = {"_name_or_path", "transformers_version", "dtype", "torch_dtype"}
+
+
+@dataclass
+class SoupResult:
+    run: RunDir
+    metrics: dict[str, Any]
+    summary: dict[str, Any]
+
+
+def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Path | None = None,
+         weights: list[float] | None = None, overwrite: bool = False, threads: int | None = None) -> SoupResult:
+    """Average the weights of finished runs into `<root>/<name>/` (default: the first run's folder's parent, and
+    `<first run>-soup`) and score it on the first run's eval split (and test/gold when its recipe has them).
+
+    `weights` (one per run, positive) make a weighted mean; the default is uniform. Raises SlingshotError before
+    anything is written when the runs cannot be averaged: fewer than two, unfinished, of different tasks, labels,
+    tokenizers or shapes, adapter-only, or the target is one of them or a finished run (without overwrite).
+    """
+    from slingshot.evaluate import run_recipe
+
+    meter = ResourceMeter()
+    start = time.perf_counter()
+    if len(run_paths) < 2:
+        raise SlingshotError("a soup needs at least two runs to average", "name two or more run folders")
+    runs = [find_run(path) for path in run_paths]
+    if len({run.path.resolve() for run in runs}) < len(runs):
+        raise SlingshotError("the same run is named twice", "name each run once (use --weight to count one more)")
+    for run in runs:
+        if not run.finished:
+            raise RunDirError(f"run {run.path} is not finished (no summary.json)",
+                              "finish it first: slingshot train RECIPE --resume")
+    shares = mixing_weights(weights, len(runs))
+    recipes = [run_recipe(run) for run in runs]
+    files = weight_files(runs)
+    check_compatible(runs, [r.task for r in recipes], files)
+
+    first = runs[0]
+    target_root = Path(root) if root is not None else first.path.parent
+    target_name = name or f"{first.path.name}-soup"
+    target = (target_root / target_name).resolve()
+    if any(target == run.path.resolve() for run in runs):
+        raise RunDirError(f"{target} is one of the runs being averaged; it is not overwritten",
+                          "give the soup another --name")
+    out = open_run(target_root, target_name, overwrite=overwrite, resume=False)
+    try:
+        write_model(runs, files, shares, out.model)
+        raw = yaml.safe_load(first.recipe.read_text(encoding="utf-8"))
+        raw["name"] = target_name
+        raw.setdefault("output", {})["dir"] = str(target_root)
+        write_text(out.recipe, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+        metrics = score(out, threads)
+    except BaseException:
+        shutil.rmtree(out.path, ignore_errors=True)  # half a soup is not a run
+        raise
+    metrics = {"soup_of": [str(run.path) for run in runs], "weights": shares, "best_step": None,
+               "best_metric": None, "evaluations": [], **metrics}
+    write_json(out.metrics, metrics)
+    members = [read_json(run.summary) for run in runs]
+    wall = time.perf_counter() - start
+    figures = meter.figures()
+    recipe = run_recipe(out)
+    members_cost = sum(float(m.get("estimated_cost_usd") or 0.0) for m in members)
+    summary = {
+        "run": str(out.path),
+        "task": recipe.task,
+        "model": members[0].get("model"),
+        "method": "soup",
+        "soup_of": [{"run": str(run.path), "weight": share, "train_time_s": m.get("train_time_s"),
+                     "wall_time_s": m.get("wall_time_s"), "estimated_cost_usd": m.get("estimated_cost_usd")}
+                    for run, share, m in zip(runs, shares, members)],
+        "parameters": members[0].get("parameters"),
+        "soup_time_s": round(wall, 2),
+        # what the soup cost: its members' training plus the averaging and scoring
+        "train_time_s": round(sum(float(m.get("train_time_s") or 0.0) for m in members), 2),
+        "wall_time_s": round(sum(float(m.get("wall_time_s") or 0.0) for m in members) + wall, 2),
+        "cpu_time_s": figures["cpu_time_s"],
+        "peak_rss_mb": figures["peak_rss_mb"],
+        "price_per_hour_usd": recipe.output.price_per_hour_usd,
+        "estimated_cost_usd": round(members_cost + estimated_cost_usd(wall, recipe.output.price_per_hour_usd), 6),
+        "versions": versions(),
+    }
+    write_json(out.summary, summary)
+    return SoupResult(out, metrics, summary)
+
+
+def mixing_weights(weights: list[float] | None, count: int) -> list[float]:
+    """Each run's share of the soup, summing to 1: uniform by default."""
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise SlingshotError(f"{len(weights)} weights for {count} runs", "give one --weight per run, in run order")
+    if any(not w > 0 for w in weights):
+        raise SlingshotError(f"weights must be positive (got {weights})", "drop the run, or give it a weight above 0")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def weight_files(runs: list[RunDir]) -> list[list[str]]:
+    """The safetensors files of each run's model folder (one file, or the shards of an index, plus a fewshot head).
+    Raises RunDirError for a run that keeps only a LoRA adapter or has no safetensors weights."""
+    files = []
+    for run in runs:
+        if (run.model / "adapter_config.json").is_file():
+            raise RunDirError(f"{run.path} keeps only a LoRA adapter; averaging adapters' A and B matrices is not "
+                              "averaging their updates",
+                              f"merge it first (slingshot export {run.path} --merge) or average runs of method full")
+        names = sorted(p.name for p in run.model.glob(f"*{WEIGHT_SUFFIX}"))
+        if not names:
+            raise RunDirError(f"{run.model} has no safetensors weights to average",
+                              "average runs written by slingshot train (model/model.safetensors)")
+        files.append(names)
+    return files
+
+
+def check_compatible(runs: list[RunDir], tasks: list[str], files: list[list[str]]) -> None:
+    """Raise SlingshotError naming the first run that cannot be averaged with the first one: another task, another
+    architecture or labels (config.json), another tokenizer, other weight files, names, shapes or dtypes."""
+    first = runs[0]
+    config = model_config(first)
+    tokenizer = tokenizer_fingerprint(first)
+    shapes = tensor_shapes(first, files[0])
+    for run, task, names in zip(runs[1:], tasks[1:], files[1:]):
+        where = f"{run.path} cannot be averaged with {first.path}"
+        if task != tasks[0]:
+            raise SlingshotError(f"{where}: task {task}, not {tasks[0]}", "average runs of one task")
+        other = model_config(run)
+        differing = sorted(k for k in config.keys() | other.keys() if config.get(k) != other.get(k))
+        if differing:
+            labels = " (its labels differ)" if {"id2label", "label2id"} & set(differing) else ""
+            raise SlingshotError(f"{where}: its model config differs in {', '.join(differing[:4])}{labels}",
+                                 "average runs fine-tuned from the same base model on the same labels")
+        if tokenizer_fingerprint(run) != tokenizer:
+            raise SlingshotError(f"{where}: its tokenizer differs", "average runs fine-tuned from the same base model")
+        if names != files[0]:
+            raise SlingshotError(f"{where}: its weight files differ ({', '.join(names)} against {', '.join(files[0])})",
+                                 "average runs saved the same way (same task and method)")
+        theirs = tensor_shapes(run, names)
+        if theirs != shapes:
+            missing = sorted(shapes.keys() ^ theirs.keys())
+            detail = (f"weights only one has: {', '.join(missing[:3])}" if missing else
+                      "weights of other shapes: " + ", ".join(k for k in shapes if shapes[k] != theirs[k])[:200])
+            raise SlingshotError(f"{where}: {detail}", "average runs fine-tuned from the same base model")
+
+
+def model_config(run: RunDir) -> dict[str, Any]:
+    config = json.loads((run.model / "config.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in config.items() if k not in CONFIG_NOISE}
+
+
+def tokenizer_fingerprint(run: RunDir) -> str | None:
+    """The vocabulary and rules of the run's tokenizer (tokenizer.json, or the vocabulary files)."""
+    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model"):
+        path = run.model / name
+        if path.is_file():
+            return f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    return None
+
+
+def tensor_shapes(run: RunDir, names: list[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor of the run's weight files: file/name -> (dtype, shape), read from the headers only."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for file_name in names:
+        with safe_open(str(run.model / file_name), framework="pt") as handle:
+            for key in handle.keys():
+                view = handle.get_slice(key)
+                shapes[f"{file_name}/{key}"] = (view.get_dtype(), tuple(view.get_shape()))
+    return shapes
+
+
+def write_model(runs: list[RunDir], files: list[list[str]], shares: list[float], target: Path) -> None:
+    """The first run's model folder (config, tokenizer, head settings) with every weight file replaced by the
+    weighted mean of the runs' files. Floating-point tensors are averaged in float64 and stored in their own dtype;
+    integer buffers (position ids) must be equal and are copied."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shutil.copytree(runs[0].model, target, ignore=shutil.ignore_patterns(f"*{WEIGHT_SUFFIX}"))
+    for file_name in files[0]:
+        handles = [safe_open(str(run.model / file_name), framework="pt") for run in runs]
+        metadata = handles[0].metadata() or {}
+        averaged = {}
+        for key in handles[0].keys():
+            tensors = [handle.get_tensor(key) for handle in handles]
+            if tensors[0].is_floating_point():
+                mean = sum(t.double() * share for t, share in zip(tensors, shares))
+                averaged[key] = mean.to(tensors[0].dtype).contiguous()
+            else:
+                if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
+                    raise SlingshotError(f"{key} in {file_name} is an integer tensor that differs between the runs",
+                                         "average runs of the same base model")
+                averaged[key] = tensors[0]
+            del tensors
+        save_file(averaged, str(target / file_name), metadata={**metadata, "format": metadata.get("format", "pt")})
+        del averaged, handles
+
+
+def score(run: RunDir, threads: int | None) -> dict[str, Any]:
+    """The soup's metrics on its recipe's eval split, and on test and gold when the recipe has them, with their
+    predictions, similarity and judge verdicts written as `train` writes them."""
+    from slingshot.data import load_data
+    from slingshot.evaluate import load_run
+    from slingshot.train import autocast_dtype, evaluate_split, final_split_metrics
+
+    loaded = load_run(str(run.path), threads)
+    data = load_data(loaded.recipe)
+    label_names = loaded.label_names or data.label_names
+    device = torch.device("cpu")
+    amp_dtype = autocast_dtype(loaded.recipe, device)
+    collate = loaded.task.collator(loaded.tokenizer)
+    metrics = {}
+    for split in ("eval", "test", "gold"):
+        if split not in data.splits:
+            continue
+        encoded = loaded.task.prepare({split: data.splits[split]}, loaded.tokenizer, loaded.recipe)[split]
+        result = evaluate_split(loaded.task, loaded.model, encoded, collate, label_names, device, amp_dtype)
+        metrics[split] = final_split_metrics(loaded.task, loaded.recipe, run, split, data.splits[split], result,
+                                             label_names)
+    return metrics

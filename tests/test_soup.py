@@ -1,0 +1,157 @@
+"""`slingshot soup`: the weighted mean of runs' weights becomes a new, scored run; runs that cannot be averaged are
+one clear error and nothing is written."""
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from conftest import toy_recipe, toy_rows, write_csv
+from safetensors.torch import load_file
+
+from slingshot.cli import main
+from slingshot.errors import SlingshotError
+from slingshot.recipe import recipe_from_dict
+from slingshot.soup import soup
+from slingshot.train import train
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_bert):
+    """Two finished toy-sentiment runs of the tiny BERT that differ only in their seed."""
+    folder = tmp_path_factory.mktemp("soup-runs")
+    data = {"train": write_csv(folder / "train.csv", toy_rows(160, seed=1)),
+            "eval": write_csv(folder / "dev.csv", toy_rows(40, seed=2))}
+    runs = []
+    for seed in (0, 1):
+        raw = toy_recipe(folder, tiny_bert, data, epochs=3, seed=seed)
+        raw["name"] = f"toy-s{seed}"
+        runs.append(train(recipe_from_dict(raw, folder), show_progress=False).run.path)
+    return runs
+
+
+def weights_of(run):
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def test_a_soup_is_the_weighted_mean_of_its_runs_and_a_finished_scored_run(two_runs, tmp_path):
+    from transformers import pipeline
+
+    a, b = two_runs
+    result = soup([a, b], "mix", root=tmp_path, weights=[3, 1])
+    wa, wb, mixed = weights_of(a), weights_of(b), weights_of(result.run.path)
+    assert wa.keys() == mixed.keys()
+    for key, value in mixed.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * wa[key] + 0.25 * wb[key])
+        else:
+            assert torch.equal(value, wa[key])
+    assert not torch.equal(wa["classifier.weight"], wb["classifier.weight"])  # the seeds made different runs
+
+    run = result.run.path
+    assert (run / "summary.json").is_file() and (run / "recipe.yaml").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["soup_of"] == [str(a), str(b)] and metrics["weights"] == [0.75, 0.25]
+    assert 0.0 <= metrics["eval"]["accuracy"] <= 1.0 and metrics["eval"]["examples"] == 40
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 40
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == "soup" and [m["weight"] for m in summary["soup_of"]] == [0.75, 0.25]
+    members = [json.loads((r / "summary.json").read_text()) for r in two_runs]
+    assert summary["train_time_s"] == pytest.approx(sum(m["train_time_s"] for m in members), abs=0.02)
+    classify = pipeline("text-classification", model=str(run / "model"))
+    labels = json.loads((a / "model" / "config.json").read_text())["id2label"].values()
+    assert classify("a wonderful film")[0]["label"] in set(labels)
+
+
+def test_a_soup_of_a_run_and_its_copy_scores_as_the_run(two_runs, tmp_path):
+    a = two_runs[0]
+    copy = shutil.copytree(a, tmp_path / "copy")
+    result = soup([a, copy], "same", root=tmp_path)
+    for key, value in weights_of(result.run.path).items():
+        torch.testing.assert_close(value, weights_of(a)[key])
+    trained = json.loads((a / "metrics.json").read_text())["eval"]
+    assert result.metrics["eval"]["accuracy"] == trained["accuracy"]
+    assert result.metrics["eval"]["loss"] == pytest.approx(trained["loss"], rel=1e-4)
+
+
+def test_a_qa_soup_is_scored_on_em_f1_and_answer_similarity(qa_trained_run, tmp_path):
+    copy = shutil.copytree(qa_trained_run, tmp_path / "qa-copy")
+    result = soup([qa_trained_run, copy], "qa-soup", root=tmp_path)
+    trained = json.loads((qa_trained_run / "metrics.json").read_text())["eval"]
+    assert result.metrics["eval"]["f1"] == pytest.approx(trained["f1"])
+    assert result.metrics["eval"]["exact_match"] == pytest.approx(trained["exact_match"])
+    assert ("similarity" in result.metrics["eval"]) == ("similarity" in trained)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    def invoke(*args):
+        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def test_the_soup_command_writes_and_prints_the_scores(two_runs, tmp_path, cli):
+    code, out, err = cli("soup", *two_runs, "--name", "cli-soup", "--out", tmp_path, "--json")
+    assert code == 0, err
+    reply = json.loads(out)
+    assert reply["run"] == str(tmp_path / "cli-soup") and "accuracy" in reply["metrics"]["eval"]
+
+
+def one_line_error(code, err, *fragments):
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_runs_that_cannot_be_averaged_are_one_clear_error_and_nothing_is_written(two_runs, qa_trained_run,
+                                                                                   tmp_path, cli):
+    a, b = two_runs
+    one_line_error(*cli("soup", a, "--out", tmp_path)[::2], "at least two runs")
+    one_line_error(*cli("soup", a, a, "--out", tmp_path)[::2], "named twice")
+    one_line_error(*cli("soup", a, qa_trained_run, "--out", tmp_path)[::2], "task extractive_qa, not classification")
+    one_line_error(*cli("soup", a, b, "--weight", "1", "--out", tmp_path)[::2], "1 weights for 2 runs")
+    one_line_error(*cli("soup", a, b, "--weight", "1", "--weight", "0", "--out", tmp_path)[::2], "positive")
+    one_line_error(*cli("soup", a, tmp_path / "missing", "--out", tmp_path)[::2], "not found")
+
+    relabelled = shutil.copytree(b, tmp_path / "relabelled")
+    config = json.loads((relabelled / "model" / "config.json").read_text())
+    config["id2label"] = {"0": "bad", "1": "good"}
+    config["label2id"] = {"bad": 0, "good": 1}
+    (relabelled / "model" / "config.json").write_text(json.dumps(config))
+    one_line_error(*cli("soup", a, relabelled, "--out", tmp_path)[::2], "labels differ")
+
+    unfinished = shutil.copytree(b, tmp_path / "unfinished")
+    (unfinished / "summary.json").unlink()
+    one_line_error(*cli("soup", a, unfinished, "--out", tmp_path)[::2], "not finished")
+
+    adapter = shutil.copytree(b, tmp_path / "adapter")
+    (adapter / "model" / "adapter_config.json").write_text("{}")
+    one_line_error(*cli("soup", a, adapter, "--out", tmp_path)[::2], "LoRA adapter", "--merge")
+
+    one_line_error(*cli("soup", a, b, "--name", a.name, "--out", a.parent, "--overwrite")[::2], "one of the runs")
+    assert not (tmp_path / "toy-s0-soup").exists()
+
+    # a finished soup is never replaced without --overwrite
+    assert cli("soup", a, b, "--name", "kept", "--out", tmp_path)[0] == 0
+    before = (tmp_path / "kept" / "metrics.json").read_text()
+    one_line_error(*cli("soup", a, b, "--name", "kept", "--out", tmp_path, "--weight", "2", "--weight", "1")[::2],
+                   "already holds a finished run")
+    assert (tmp_path / "kept" / "metrics.json").read_text() == before
+    assert cli("soup", a, b, "--name", "kept", "--out", tmp_path, "--weight", "2", "--weight", "1",
+               "--overwrite")[0] == 0
+    assert json.loads((tmp_path / "kept" / "metrics.json").read_text())["weights"] == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_library_errors_are_slingshot_errors(two_runs, tmp_path):
+    with pytest.raises(SlingshotError, match="at least two runs"):
+        soup([two_runs[0]], root=tmp_path)
