@@ -17,7 +17,7 @@ from typing import Any
 
 from slingshot.recipe import CompareSection, Recipe, load_recipe, recipe_from_dict
 
-__all__ = ["Run", "compare", "load", "load_recipe", "train"]
+__all__ = ["Run", "compare", "load", "load_recipe", "soup", "train"]
 
 
 class Run:
@@ -114,3 +114,12 @@ def compare(run: Run | str | Path, baselines: list[str], *, data: str | None = N
     path = run.path if isinstance(run, Run) else Path(run)
     section = CompareSection(**{**options, "baselines": baselines})
     return compare_run(str(path), section, data_path=data, force=force).report
+
+
+def soup(runs: list[Run | str | Path], name: str | None = None, *, root: str | Path | None = None,
+         weights: list[float] | None = None, overwrite: bool = False) -> Run:
+    """Average the weights of runs fine-tuned from the same base model into a new, scored run (`slingshot soup`)."""
+    from slingshot.model_soup import soup as make_soup
+
+    paths = [run.path if isinstance(run, Run) else Path(run) for run in runs]
+    return Run(make_soup(paths, name, root=root, weights=weights, overwrite=overwrite).run.path)

@@ -809,7 +809,7 @@ def soup(
       slingshot soup runs/policyqa-s1 runs/policyqa-s2 runs/policyqa-s3 --name policyqa-soup
       slingshot soup runs/sst2 runs/sst2-seed1 --weight 2 --weight 1
     """
-    from slingshot.soup import soup as make_soup
+    from slingshot.model_soup import soup as make_soup
 
     result = make_soup(run_dirs, name, root=out_dir, weights=weight, overwrite=overwrite)
     if as_json:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from slingshot.cli import main
 from slingshot.errors import SlingshotError
 from slingshot.recipe import recipe_from_dict
-from slingshot.soup import soup
+from slingshot.model_soup import soup
 from slingshot.train import train
 
 
@@ -139,6 +139,10 @@ def test_runs_that_cannot_be_averaged_are_one_clear_error_and_nothing_is_written
     one_line_error(*cli("soup", a, adapter, "--out", tmp_path)[::2], "LoRA adapter", "--merge")
 
     one_line_error(*cli("soup", a, b, "--name", a.name, "--out", a.parent, "--overwrite")[::2], "one of the runs")
+    one_line_error(*cli("soup", a, b, "--name", a.parent.name, "--out", a.parent.parent, "--overwrite")[::2],
+                   "holds one of the runs")
+    one_line_error(*cli("soup", a, b, "--name", "", "--out", a.parent, "--overwrite")[::2], "folder name")
+    assert (a / "summary.json").is_file() and (b / "summary.json").is_file()
     assert not (tmp_path / "toy-s0-soup").exists()
 
     # a finished soup is never replaced without --overwrite
@@ -152,6 +156,11 @@ def test_runs_that_cannot_be_averaged_are_one_clear_error_and_nothing_is_written
     assert json.loads((tmp_path / "kept" / "metrics.json").read_text())["weights"] == pytest.approx([2 / 3, 1 / 3])
 
 
-def test_library_errors_are_slingshot_errors(two_runs, tmp_path):
+def test_the_python_api_soups_runs_and_raises_slingshot_errors(two_runs, tmp_path):
+    import slingshot
+
+    run = slingshot.soup([slingshot.load(two_runs[0]), two_runs[1]], "api-soup", root=tmp_path)
+    assert run.metrics["soup_of"] == [str(p) for p in two_runs]
+    assert run.predict(["a wonderful film"])[0]["predicted"] in set(run.metrics["eval"]["labels"])
     with pytest.raises(SlingshotError, match="at least two runs"):
         soup([two_runs[0]], root=tmp_path)

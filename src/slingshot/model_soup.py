@@ -82,11 +82,14 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
 
     first = runs[0]
     target_root = Path(root) if root is not None else first.path.parent
-    target_name = name or f"{first.path.name}-soup"
+    target_name = name if name is not None else f"{first.path.name}-soup"
+    if not target_name or target_name in (".", "..") or Path(target_name).name != target_name:
+        raise SlingshotError(f"--name must be a folder name, not {target_name!r}",
+                             "give a plain name, e.g. --name sst2-soup, and the folder with --out")
     target = (target_root / target_name).resolve()
-    if any(target == run.path.resolve() for run in runs):
-        raise RunDirError(f"{target} is one of the runs being averaged; it is not overwritten",
-                          "give the soup another --name")
+    if any(target == run.path.resolve() or target in run.path.resolve().parents for run in runs):
+        raise RunDirError(f"{target} is or holds one of the runs being averaged; it is not overwritten",
+                          "give the soup another --name or --out")
     out = open_run(target_root, target_name, overwrite=overwrite, resume=False)
     try:
         write_model(runs, files, shares, out.model)
