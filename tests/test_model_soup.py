@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import toy_recipe, toy_rows, write_csv
 from safetensors.torch import load_file
 
@@ -144,6 +145,13 @@ def test_runs_that_cannot_be_averaged_are_one_clear_error_and_nothing_is_written
     one_line_error(*cli("soup", a, b, "--name", "", "--out", a.parent, "--overwrite")[::2], "folder name")
     assert (a / "summary.json").is_file() and (b / "summary.json").is_file()
     assert not (tmp_path / "toy-s0-soup").exists()
+
+    moved = shutil.copytree(a, tmp_path / "moved-data")
+    recipe = yaml.safe_load((moved / "recipe.yaml").read_text())
+    recipe["data"]["eval"] = str(tmp_path / "gone.csv")  # the data it was scored on has moved since
+    (moved / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    one_line_error(*cli("soup", moved, b, "--name", "no-data", "--out", tmp_path)[::2], "gone.csv")
+    assert not (tmp_path / "no-data").exists()
 
     # a finished soup is never replaced without --overwrite
     assert cli("soup", a, b, "--name", "kept", "--out", tmp_path)[0] == 0

@@ -59,9 +59,11 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
     `<first run>-soup`) and score it on the first run's eval split (and test/gold when its recipe has them).
 
     `weights` (one per run, positive) make a weighted mean; the default is uniform. Raises SlingshotError before
-    anything is written when the runs cannot be averaged: fewer than two, unfinished, of different tasks, labels,
-    tokenizers or shapes, adapter-only, or the target is one of them or a finished run (without overwrite).
+    anything is written when the runs cannot be averaged (fewer than two, unfinished, of different tasks, labels,
+    tokenizers or shapes, adapter-only), when the first run's data cannot be read, or when the target is one of
+    them or a finished run (without overwrite).
     """
+    from slingshot.data import load_data
     from slingshot.evaluate import run_recipe
 
     meter = ResourceMeter()
@@ -90,6 +92,7 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
     if any(target == run.path.resolve() or target in run.path.resolve().parents for run in runs):
         raise RunDirError(f"{target} is or holds one of the runs being averaged; it is not overwritten",
                           "give the soup another --name or --out")
+    data = load_data(recipes[0])  # the data to score on must still be there before anything is written
     out = open_run(target_root, target_name, overwrite=overwrite, resume=False)
     try:
         write_model(runs, files, shares, out.model)
@@ -97,7 +100,7 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
         raw["name"] = target_name
         raw.setdefault("output", {})["dir"] = str(target_root)
         write_text(out.recipe, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-        metrics = score(out, threads)
+        metrics = score(out, data, threads)
     except BaseException:
         shutil.rmtree(out.path, ignore_errors=True)  # half a soup is not a run
         raise
@@ -245,15 +248,13 @@ def write_model(runs: list[RunDir], files: list[list[str]], shares: list[float],
         del averaged, handles
 
 
-def score(run: RunDir, threads: int | None) -> dict[str, Any]:
-    """The soup's metrics on its recipe's eval split, and on test and gold when the recipe has them, with their
-    predictions, similarity and judge verdicts written as `train` writes them."""
-    from slingshot.data import load_data
+def score(run: RunDir, data, threads: int | None) -> dict[str, Any]:
+    """The soup's metrics on the eval split of its recipe's `data` (`load_data`), and on test and gold when the
+    recipe has them, with their predictions, similarity and judge verdicts written as `train` writes them."""
     from slingshot.evaluate import load_run
     from slingshot.train import autocast_dtype, evaluate_split, final_split_metrics
 
     loaded = load_run(str(run.path), threads)
-    data = load_data(loaded.recipe)
     label_names = loaded.label_names or data.label_names
     device = torch.device("cpu")
     amp_dtype = autocast_dtype(loaded.recipe, device)
