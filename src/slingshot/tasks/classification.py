@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +258,15 @@ def qlora_quantization():
                               bnb_4bit_compute_dtype=compute)
 
 
+@contextlib.contextmanager
+def quiet_peft_deprecation() -> Iterator[None]:
+    """Wrapping a model in PEFT (new adapters or saved ones) makes peft ask transformers for its deprecated
+    `is_gradient_checkpointing` alias: a FutureWarning the user cannot act on, hidden here and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(model: torch.nn.Module, recipe: Recipe, task_type=None,
                default_targets: list[str] | str | None = None) -> torch.nn.Module:
     """LoRA adapters on recipe.train.lora.target_modules, else `default_targets`, else the model family's attention
@@ -272,8 +283,7 @@ def apply_lora(model: torch.nn.Module, recipe: Recipe, task_type=None,
         target_modules=targets,
     )
     try:
-        with warnings.catch_warnings():  # peft asks for transformers' deprecated alias: noise the user cannot act on
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        with quiet_peft_deprecation():
             return get_peft_model(model, config)
     except ValueError as exc:
         raise RecipeError(

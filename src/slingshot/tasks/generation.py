@@ -28,7 +28,7 @@ from slingshot.batching import token_budget_batches
 from slingshot.metrics import generation_metrics
 from slingshot.models import ResolvedModel, resolve_model
 from slingshot.recipe import GenerationSection, Recipe
-from slingshot.tasks.classification import _model_max_length, apply_lora, qlora_quantization
+from slingshot.tasks.classification import _model_max_length, apply_lora, qlora_quantization, quiet_peft_deprecation
 
 IGNORE = -100  # label of a token that carries no loss (prompt, padding): cross_entropy's ignore_index
 
@@ -170,7 +170,8 @@ def load_adapter_model(path: Path) -> torch.nn.Module:
     resolved = resolve_model(config.base_model_name_or_path)  # the folder it was trained from, or the id in the cache
     auto_class = AutoModelForSeq2SeqLM if config.task_type == TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
     model = auto_class.from_pretrained(str(resolved.path), dtype=torch.float32)
-    return PeftModel.from_pretrained(model, str(path))
+    with quiet_peft_deprecation():
+        return PeftModel.from_pretrained(model, str(path))
 
 
 def pretrained_options(method: str) -> dict[str, Any]:
