@@ -157,7 +157,7 @@ def test_runs_that_cannot_be_averaged_are_one_clear_error_and_nothing_is_written
     assert cli("soup", a, b, "--name", "kept", "--out", tmp_path)[0] == 0
     before = (tmp_path / "kept" / "metrics.json").read_text()
     one_line_error(*cli("soup", a, b, "--name", "kept", "--out", tmp_path, "--weight", "2", "--weight", "1")[::2],
-                   "already holds a finished run")
+                   "already holds a finished run", "--overwrite", "--name")
     assert (tmp_path / "kept" / "metrics.json").read_text() == before
     assert cli("soup", a, b, "--name", "kept", "--out", tmp_path, "--weight", "2", "--weight", "1",
                "--overwrite")[0] == 0

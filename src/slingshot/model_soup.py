@@ -92,6 +92,11 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
     if any(target == run.path.resolve() or target in run.path.resolve().parents for run in runs):
         raise RunDirError(f"{target} is or holds one of the runs being averaged; it is not overwritten",
                           "give the soup another --name or --out")
+    existing = RunDir(target_root / target_name)
+    if existing.path.is_dir() and any(existing.path.iterdir()) and not overwrite:
+        state = "finished" if existing.finished else "unfinished"
+        raise RunDirError(f"run directory {existing.path} already holds a {state} run",
+                          "pass --overwrite to replace it, or give the soup another --name")
     data = load_data(recipes[0])  # the data to score on must still be there before anything is written
     out = open_run(target_root, target_name, overwrite=overwrite, resume=False)
     try:
