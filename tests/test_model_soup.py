@@ -65,6 +65,19 @@ def test_a_soup_is_the_weighted_mean_of_its_runs_and_a_finished_scored_run(two_r
     assert classify("a wonderful film")[0]["label"] in set(labels)
 
 
+def test_a_soup_is_compared_and_reported_like_a_trained_run(two_runs, tmp_path):
+    from slingshot.compare import compare_run
+    from slingshot.recipe import CompareSection
+    from slingshot.report import build_report
+
+    run = soup(two_runs, "shown", root=tmp_path).run.path
+    comparison = compare_run(str(run), CompareSection(baselines=["majority", str(two_runs[0])], latency_examples=2,
+                                                      bootstrap_samples=100))
+    assert [system["kind"] for system in comparison.report["systems"]][1:] == ["majority", "run"]
+    page = build_report(str(run)).read_text(encoding="utf-8")  # a soup has no training log: the page still builds
+    assert "shown" in page and "accuracy" in page
+
+
 def test_a_soup_of_a_run_and_its_copy_scores_as_the_run(two_runs, tmp_path):
     a = two_runs[0]
     copy = shutil.copytree(a, tmp_path / "copy")
