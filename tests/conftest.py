@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,21 @@ def generation_trained_run(tmp_path_factory, tiny_llama) -> Path:
     folder = tmp_path_factory.mktemp("generation-run")
     data = write_jsonl(folder / "qa.jsonl", qa_pairs())
     return train(gen_recipe(folder, tiny_llama, data), show_progress=False).run.path
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the `slingshot` command in-process: `code, out, err = cli("train", recipe, "--overwrite")`."""
+    from slingshot.cli import main
+
+    def invoke(*args):
+        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke

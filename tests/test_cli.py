@@ -1,29 +1,11 @@
 """The `slingshot` command end to end, in-process: exit codes, one-line errors, nothing overwritten."""
 
 import json
-import sys
 
 import pytest
 import yaml
 from conftest import minilm_path, qa_pairs, toy_recipe, write_csv
 from conftest import write_jsonl as write_rows
-
-from slingshot.cli import main
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
 
 
 @pytest.fixture

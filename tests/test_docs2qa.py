@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from docs2qa_files import (
 )
 from llm_server import Status
 
-from slingshot.cli import main
 from slingshot.docs2qa.chunk import chunk_document, load_chunk_tokenizer, sentence_spans
 from slingshot.docs2qa.clean import clean_document
 from slingshot.docs2qa.ingest import (
@@ -44,21 +42,6 @@ needs_pdf_docs = pytest.mark.skipif(not PDF_DOCS.is_dir(), reason="../shared/dat
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_chunk_tokenizer(ChunkSection().tokenizer)
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
 
 
 def document(*pages: str, name: str = "doc.pdf") -> Document:

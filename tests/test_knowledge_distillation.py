@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import toy_recipe, toy_rows, write_csv
-from test_cli import assert_one_clear_error, cli  # noqa: F401 (the cli fixture)
+from test_cli import assert_one_clear_error
 from test_qa import qa_recipe, toy_qa, write_jsonl
 
 from slingshot.batching import pad_targets

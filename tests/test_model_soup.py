@@ -3,7 +3,6 @@ one clear error and nothing is written."""
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
@@ -11,10 +10,9 @@ import yaml
 from conftest import toy_recipe, toy_rows, write_csv
 from safetensors.torch import load_file
 
-from slingshot.cli import main
 from slingshot.errors import SlingshotError
-from slingshot.recipe import recipe_from_dict
 from slingshot.model_soup import soup
+from slingshot.recipe import recipe_from_dict
 from slingshot.train import train
 
 
@@ -96,21 +94,6 @@ def test_a_qa_soup_is_scored_on_em_f1_and_answer_similarity(qa_trained_run, tmp_
     assert result.metrics["eval"]["f1"] == pytest.approx(trained["f1"])
     assert result.metrics["eval"]["exact_match"] == pytest.approx(trained["exact_match"])
     assert ("similarity" in result.metrics["eval"]) == ("similarity" in trained)
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
 
 
 def test_the_soup_command_writes_and_prints_the_scores(two_runs, tmp_path, cli):

@@ -345,25 +345,7 @@ def test_distillation_teachers_add_their_forward_pass_at_their_own_size(tmp_path
         make_plan(recipe_from_dict(raw), "cpu-2core", with_shortlist=False)
 
 
-
 # ------------------------------------------------------------------------------------------------ CLI
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    from slingshot.cli import main
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
 
 
 @pytest.fixture
@@ -457,7 +439,6 @@ def test_estimates_match_tiny_runs_of_several_sizes(tmp_path, tiny_bert, toy_dat
           f"({memory_error:+.0%}), time {estimate.time.train_time_s:.1f} vs {measured['train_time_s']:.1f} s")
     assert abs(memory_error) <= TINY_MEMORY_TOLERANCE
     assert 1 / TINY_TIME_FACTOR <= time_ratio <= TINY_TIME_FACTOR
-
 
 
 def test_the_7b_qlora_example_recipe_plans_offline_and_fits_its_24gb_gpu():
