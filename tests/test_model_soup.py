@@ -3,6 +3,7 @@ one clear error and nothing is written."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,13 +19,13 @@ from slingshot.train import train
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_bert):
-    """Two finished toy-sentiment runs of the tiny BERT that differ only in their seed."""
+    """Two finished toy-sentiment runs of the tiny BERT that differ only in their seed (both learn the task)."""
     folder = tmp_path_factory.mktemp("soup-runs")
     data = {"train": write_csv(folder / "train.csv", toy_rows(160, seed=1)),
             "eval": write_csv(folder / "dev.csv", toy_rows(40, seed=2))}
     runs = []
     for seed in (0, 1):
-        raw = toy_recipe(folder, tiny_bert, data, epochs=3, seed=seed)
+        raw = toy_recipe(folder, tiny_bert, data, epochs=8, seed=seed)
         raw["name"] = f"toy-s{seed}"
         runs.append(train(recipe_from_dict(raw, folder), show_progress=False).run.path)
     return runs
@@ -85,6 +86,43 @@ def test_a_soup_of_a_run_and_its_copy_scores_as_the_run(two_runs, tmp_path):
     trained = json.loads((a / "metrics.json").read_text())["eval"]
     assert result.metrics["eval"]["accuracy"] == trained["accuracy"]
     assert result.metrics["eval"]["loss"] == pytest.approx(trained["loss"], rel=1e-4)
+
+
+def test_a_greedy_soup_keeps_the_runs_that_do_not_lower_the_eval_score(two_runs, tmp_path, cli):
+    from safetensors.torch import save_file
+
+    a, b = two_runs
+    spoiled = shutil.copytree(a, tmp_path / "spoiled")  # its head points the other way: it only drags a soup down
+    weights = weights_of(spoiled)
+    weights["classifier.weight"] *= -10
+    weights["classifier.bias"] *= -10
+    save_file(weights, str(spoiled / "model" / "model.safetensors"), metadata={"format": "pt"})
+
+    code, out, err = cli("soup", spoiled, a, b, "--greedy", "--name", "greedy", "--out", tmp_path)
+    assert code == 0, err
+    assert "left out" in out and "spoiled" in out
+    run = tmp_path / "greedy"
+    metrics = json.loads((run / "metrics.json").read_text())
+    search = metrics["greedy"]
+    assert search["metric"] == "accuracy" and search["split"] == "eval"
+    alone = [entry["accuracy"] for entry in search["runs"]]
+    assert alone == sorted(alone, reverse=True) and search["runs"][-1]["run"] == str(spoiled)
+    assert [step["kept"] for step in search["steps"] if step["added"] == str(spoiled)] == [False]
+    kept = [Path(path) for path in metrics["soup_of"]]
+    assert str(spoiled) not in metrics["soup_of"] and kept[0] == Path(search["runs"][0]["run"])
+    assert metrics["weights"] == pytest.approx([1 / len(kept)] * len(kept))
+    assert metrics["eval"]["accuracy"] == search["accuracy"] >= max(alone)  # scored the same way as in the search
+    for key, value in weights_of(run).items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(weights_of(path)[key] for path in kept) / len(kept))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["candidates"] == [str(spoiled), str(a), str(b)]
+    members = [json.loads((r / "summary.json").read_text()) for r in (spoiled, a, b)]
+    assert summary["train_time_s"] == pytest.approx(sum(m["train_time_s"] for m in members), abs=0.03)
+
+    one_line_error(*cli("soup", a, b, "--greedy", "--weight", "1", "--weight", "2", "--name", "no",
+                        "--out", tmp_path)[::2], "greedy", "--weight")
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_qa_soup_is_scored_on_em_f1_and_answer_similarity(qa_trained_run, tmp_path):

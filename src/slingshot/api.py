@@ -117,9 +117,10 @@ def compare(run: Run | str | Path, baselines: list[str], *, data: str | None = N
 
 
 def soup(runs: list[Run | str | Path], name: str | None = None, *, root: str | Path | None = None,
-         weights: list[float] | None = None, overwrite: bool = False) -> Run:
-    """Average the weights of runs fine-tuned from the same base model into a new, scored run (`slingshot soup`)."""
+         weights: list[float] | None = None, greedy: bool = False, overwrite: bool = False) -> Run:
+    """Average the weights of runs fine-tuned from the same base model into a new, scored run (`slingshot soup`);
+    `greedy` keeps only the runs that do not lower the eval score (`slingshot soup --greedy`)."""
     from slingshot.model_soup import soup as make_soup
 
     paths = [run.path if isinstance(run, Run) else Path(run) for run in runs]
-    return Run(make_soup(paths, name, root=root, weights=weights, overwrite=overwrite).run.path)
+    return Run(make_soup(paths, name, root=root, weights=weights, greedy=greedy, overwrite=overwrite).run.path)

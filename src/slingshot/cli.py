@@ -797,6 +797,8 @@ def soup(
                                                  "run's folder, e.g. runs/).")] = None,
     weight: Annotated[list[float] | None, typer.Option("--weight", help="One per run, in order, for a weighted "
                                                        "mean (default: all equal).")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Greedy soup: best run first, keep each next run only "
+                                         "if the eval score does not drop.")] = False,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -808,14 +810,24 @@ def soup(
     \b
       slingshot soup runs/policyqa-s1 runs/policyqa-s2 runs/policyqa-s3 --name policyqa-soup
       slingshot soup runs/sst2 runs/sst2-seed1 --weight 2 --weight 1
+      slingshot soup runs/sst2 runs/sst2-seed1 runs/sst2-lr5e-5 --greedy --name sst2-greedy
     """
     from slingshot.model_soup import soup as make_soup
 
-    result = make_soup(run_dirs, name, root=out_dir, weights=weight, overwrite=overwrite)
+    result = make_soup(run_dirs, name, root=out_dir, weights=weight, greedy=greedy, overwrite=overwrite)
     if as_json:
         out.print_json(json.dumps({"run": str(result.run.path), "metrics": result.metrics}))
         return
-    out.print(f"averaged {len(run_dirs)} runs into {result.run.path}", highlight=False)
+    search = result.metrics.get("greedy")
+    if search:
+        metric = search["metric"]
+        for entry in search["runs"]:
+            out.print(f"  alone     {entry[metric]:.4f} {metric}  {entry['run']}", highlight=False)
+        for step in search["steps"]:
+            verdict = "kept     " if step["kept"] else "left out "
+            out.print(f"  {verdict} {step[metric]:.4f} {metric}  + {step['added']}", highlight=False)
+    out.print(f"averaged {len(result.metrics['soup_of'])} of {len(run_dirs)} runs into {result.run.path}",
+              highlight=False)
     for split in ("eval", "test", "gold"):
         if split in result.metrics:
             _render_metrics(result.metrics[split], f"{result.run.path.name}: {split}")

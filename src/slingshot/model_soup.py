@@ -9,6 +9,13 @@ multiple fine-tuned models improves accuracy without increasing inference time")
 model's inference cost, with no more training. A soup of runs that share nothing but the architecture (different
 base checkpoints) is not a good model; averaging needs one starting point.
 
+Two recipes from the paper: the uniform soup (every run, equal shares, or `weights`) and the greedy soup
+(`greedy=True`): score every run on the eval split, start from the best, and add each next-best run only when the
+uniform mean with it scores at least as well on the eval split (the recipe's `train.metric`). Runs that would pull the
+soup down (another basin, a bad learning rate) stay out, so the greedy soup is never worse than the best run on the
+eval split; that split picked it, so its eval figure is optimistic the way a best checkpoint's is, and test and gold
+(never looked at) say how well it does.
+
 Written by hand rather than with mergekit: a uniform or weighted mean is a few lines on safetensors, and mergekit
 targets LLM checkpoints (its own YAML, a heavy dependency). The soup is streamed one weight file at a time, each
 tensor averaged in float64 and stored in the members' dtype. LoRA generation runs that keep only an adapter are
@@ -54,14 +61,16 @@ class SoupResult:
 
 
 def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Path | None = None,
-         weights: list[float] | None = None, overwrite: bool = False, threads: int | None = None) -> SoupResult:
+         weights: list[float] | None = None, greedy: bool = False, overwrite: bool = False,
+         threads: int | None = None) -> SoupResult:
     """Average the weights of finished runs into `<root>/<name>/` (default: the first run's folder's parent, and
     `<first run>-soup`) and score it on the first run's eval split (and test/gold when its recipe has them).
 
-    `weights` (one per run, positive) make a weighted mean; the default is uniform. Raises SlingshotError before
-    anything is written when the runs cannot be averaged (fewer than two, unfinished, of different tasks, labels,
-    tokenizers or shapes, adapter-only), when the first run's data cannot be read, or when the target is one of
-    them or a finished run (without overwrite).
+    `weights` (one per run, positive) make a weighted mean; the default is uniform. `greedy` keeps only the runs
+    that do not lower the eval score of the uniform mean, best run first (module docstring). Raises SlingshotError
+    before anything is written when the runs cannot be averaged (fewer than two, unfinished, of different tasks,
+    labels, tokenizers or shapes, adapter-only), when the first run's data cannot be read, or when the target is
+    one of them or a finished run (without overwrite).
     """
     from slingshot.data import load_data
     from slingshot.evaluate import run_recipe
@@ -77,6 +86,9 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
         if not run.finished:
             raise RunDirError(f"run {run.path} is not finished (no summary.json)",
                               "finish it first: slingshot train RECIPE --resume")
+    if greedy and weights is not None:
+        raise SlingshotError("a greedy soup takes equal shares of the runs it keeps; weights do not apply",
+                             "drop --weight, or drop --greedy for a weighted mean")
     shares = mixing_weights(weights, len(runs))
     recipes = [run_recipe(run) for run in runs]
     files = weight_files(runs)
@@ -99,24 +111,29 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
                           "pass --overwrite to replace it, or give the soup another --name")
     data = load_data(recipes[0])  # the data to score on must still be there before anything is written
     out = open_run(target_root, target_name, overwrite=overwrite, resume=False)
+    candidates, search = runs, None
     try:
-        write_model(runs, files, shares, out.model)
         raw = yaml.safe_load(first.recipe.read_text(encoding="utf-8"))
         raw["name"] = target_name
         raw.setdefault("output", {})["dir"] = str(target_root)
         write_text(out.recipe, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+        if greedy:
+            runs, search = greedy_members(runs, files[0], out, data, threads)
+            files, shares = [files[0]] * len(runs), mixing_weights(None, len(runs))
+        write_model(runs, files, shares, out.model)
         metrics = score(out, data, threads)
     except BaseException:
         shutil.rmtree(out.path, ignore_errors=True)  # half a soup is not a run
         raise
     metrics = {"soup_of": [str(run.path) for run in runs], "weights": shares, "best_step": None,
-               "best_metric": None, "evaluations": [], **metrics}
+               "best_metric": None, "evaluations": [], **({"greedy": search} if search else {}), **metrics}
     write_json(out.metrics, metrics)
     members = [read_json(run.summary) for run in runs]
+    tried = [read_json(run.summary) for run in candidates]
     wall = time.perf_counter() - start
     figures = meter.figures()
     recipe = run_recipe(out)
-    members_cost = sum(float(m.get("estimated_cost_usd") or 0.0) for m in members)
+    members_cost = sum(float(m.get("estimated_cost_usd") or 0.0) for m in tried)
     summary = {
         "run": str(out.path),
         "task": recipe.task,
@@ -125,11 +142,13 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
         "soup_of": [{"run": str(run.path), "weight": share, "train_time_s": m.get("train_time_s"),
                      "wall_time_s": m.get("wall_time_s"), "estimated_cost_usd": m.get("estimated_cost_usd")}
                     for run, share, m in zip(runs, shares, members)],
+        **({"candidates": [str(run.path) for run in candidates]} if search else {}),
         "parameters": members[0].get("parameters"),
         "soup_time_s": round(wall, 2),
-        # what the soup cost: its members' training plus the averaging and scoring
-        "train_time_s": round(sum(float(m.get("train_time_s") or 0.0) for m in members), 2),
-        "wall_time_s": round(sum(float(m.get("wall_time_s") or 0.0) for m in members) + wall, 2),
+        # what the soup cost: the training of every run it was made from (a greedy soup's left-out runs included)
+        # plus the averaging and scoring
+        "train_time_s": round(sum(float(m.get("train_time_s") or 0.0) for m in tried), 2),
+        "wall_time_s": round(sum(float(m.get("wall_time_s") or 0.0) for m in tried) + wall, 2),
         "cpu_time_s": figures["cpu_time_s"],
         "peak_rss_mb": figures["peak_rss_mb"],
         "price_per_hour_usd": recipe.output.price_per_hour_usd,
@@ -253,9 +272,50 @@ def write_model(runs: list[RunDir], files: list[list[str]], shares: list[float],
         del averaged, handles
 
 
-def score(run: RunDir, data, threads: int | None) -> dict[str, Any]:
+def greedy_members(runs: list[RunDir], files: list[str], out: RunDir, data,
+                   threads: int | None) -> tuple[list[RunDir], dict[str, Any]]:
+    """The greedy soup's runs (Wortsman et al. 2022, algorithm 1): every run scored alone on the eval split, then,
+    best first, each one kept when the uniform mean of the kept runs and it scores at least as well as the kept runs
+    alone. Each candidate is written to `out.model` and scored there, so every score is taken the same way as the
+    final one. Returns the kept runs (best first) and the record of the search for metrics.json."""
+    from slingshot.evaluate import run_recipe
+
+    recipe = run_recipe(out)
+    name, higher = recipe.best_metric, recipe.metric_greater_is_better
+
+    def eval_score(members: list[RunDir]) -> float:
+        shutil.rmtree(out.model, ignore_errors=True)
+        write_model(members, [files] * len(members), mixing_weights(None, len(members)), out.model)
+        metrics = score(out, data, threads, splits=("eval",), final=False).get("eval")
+        if metrics is None:
+            raise SlingshotError("a greedy soup picks its runs on the eval split, and the first run's data has none",
+                                 "give the first run's recipe data.eval (or a train file to split), or drop --greedy")
+        if name not in metrics:
+            raise SlingshotError(f"train.metric {name} is not among the eval metrics ({', '.join(sorted(metrics))})",
+                                 "set train.metric in the first run's recipe to one of them")
+        return float(metrics[name])
+
+    alone = [(eval_score([run]), order, run) for order, run in enumerate(runs)]
+    alone.sort(key=lambda item: (-item[0] if higher else item[0], item[1]))  # best first; ties keep the given order
+    kept, best = [alone[0][2]], alone[0][0]
+    steps = []
+    for _, _, run in alone[1:]:
+        candidate = eval_score([*kept, run])
+        take = candidate >= best if higher else candidate <= best
+        steps.append({"added": str(run.path), name: candidate, "kept": take})
+        if take:
+            kept, best = [*kept, run], candidate
+    shutil.rmtree(out.model, ignore_errors=True)
+    record = {"metric": name, "split": "eval", "runs": [{"run": str(run.path), name: value} for value, _, run in alone],
+              "steps": steps, name: best}
+    return kept, record
+
+
+def score(run: RunDir, data, threads: int | None, splits: tuple[str, ...] = ("eval", "test", "gold"),
+          final: bool = True) -> dict[str, Any]:
     """The soup's metrics on the eval split of its recipe's `data` (`load_data`), and on test and gold when the
-    recipe has them, with their predictions, similarity and judge verdicts written as `train` writes them."""
+    recipe has them, with their predictions, similarity and judge verdicts written as `train` writes them
+    (`final`; otherwise the metrics only, nothing written)."""
     from slingshot.evaluate import load_run
     from slingshot.train import autocast_dtype, evaluate_split, final_split_metrics
 
@@ -265,11 +325,11 @@ def score(run: RunDir, data, threads: int | None) -> dict[str, Any]:
     amp_dtype = autocast_dtype(loaded.recipe, device)
     collate = loaded.task.collator(loaded.tokenizer)
     metrics = {}
-    for split in ("eval", "test", "gold"):
+    for split in splits:
         if split not in data.splits:
             continue
         encoded = loaded.task.prepare({split: data.splits[split]}, loaded.tokenizer, loaded.recipe)[split]
         result = evaluate_split(loaded.task, loaded.model, encoded, collate, label_names, device, amp_dtype)
-        metrics[split] = final_split_metrics(loaded.task, loaded.recipe, run, split, data.splits[split], result,
-                                             label_names)
+        metrics[split] = (final_split_metrics(loaded.task, loaded.recipe, run, split, data.splits[split], result,
+                                              label_names) if final else result["metrics"])
     return metrics
