@@ -134,6 +134,61 @@ def test_a_qa_soup_is_scored_on_em_f1_and_answer_similarity(qa_trained_run, tmp_
     assert ("similarity" in result.metrics["eval"]) == ("similarity" in trained)
 
 
+@pytest.fixture(scope="module")
+def two_adapters(tmp_path_factory, tiny_llama):
+    """Two LoRA generation runs of the tiny Llama (adapters only) that differ in their seed."""
+    from conftest import qa_pairs, write_jsonl
+    from test_generation import gen_recipe
+
+    folder = tmp_path_factory.mktemp("soup-adapters")
+    data = write_jsonl(folder / "qa.jsonl", qa_pairs())
+    runs = []
+    for seed in (0, 1):
+        recipe = gen_recipe(folder / f"s{seed}", tiny_llama, data, method="lora", lr=1e-2, epochs=30, seed=seed)
+        runs.append(train(recipe, show_progress=False).run.path)
+    return runs
+
+
+def merged_weights(model_folder):
+    from slingshot.tasks.generation import load_adapter_model
+
+    return load_adapter_model(model_folder).merge_and_unload().state_dict()
+
+
+def test_a_soup_of_lora_adapters_is_one_adapter_whose_update_is_the_mean_of_theirs(two_adapters, tmp_path):
+    a, b = two_adapters
+    result = soup([a, b], "adapters", root=tmp_path, weights=[3, 1])
+    model = result.run.path / "model"
+    assert not (model / "model.safetensors").exists()  # still an adapter, megabytes
+    rank = json.loads((a / "model" / "adapter_config.json").read_text())["r"]
+    config = json.loads((model / "adapter_config.json").read_text())
+    assert config["r"] == 2 * rank and config["lora_alpha"] == 2 * rank
+    assert all(".default." not in key and "member" not in key for key in load_file(str(model / "adapter_model.safetensors")))
+    mixed, wa, wb = merged_weights(model), merged_weights(a / "model"), merged_weights(b / "model")
+    assert any(not torch.equal(wa[key], wb[key]) for key in wa)  # the seeds made different adapters
+    for key, value in mixed.items():  # base + the mean of the updates = the mean of the merged models
+        torch.testing.assert_close(value, 0.75 * wa[key] + 0.25 * wb[key], atol=1e-6, rtol=1e-5)
+    assert "exact_match" in result.metrics["eval"] and (result.run.path / "predictions.jsonl").is_file()
+
+    greedy = soup([a, b], "adapters-greedy", root=tmp_path, greedy=True)  # candidates written and scored as adapters
+    assert greedy.metrics["greedy"]["metric"] == "exact_match"
+    assert greedy.metrics["eval"]["exact_match"] >= max(r["exact_match"] for r in greedy.metrics["greedy"]["runs"])
+
+
+def test_adapters_that_cannot_be_summed_exactly_are_one_clear_error(two_adapters, two_runs, tmp_path, cli):
+    a, b = two_adapters
+    one_line_error(*cli("soup", a, two_runs[0], "--out", tmp_path)[::2], "keeps a LoRA adapter", "full weights",
+                   "--merge")
+    for name, change, fragment in (("dora", {"use_dora": True}, "use_dora"),
+                                   ("rslora", {"use_rslora": True}, "use_rslora"),
+                                   ("other-base", {"base_model_name_or_path": "gpt2"}, "base_model_name_or_path")):
+        other = shutil.copytree(b, tmp_path / name)
+        path = other / "model" / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        one_line_error(*cli("soup", a, other, "--name", f"no-{name}", "--out", tmp_path)[::2], fragment)
+        assert not (tmp_path / f"no-{name}").exists()
+
+
 def test_the_soup_command_writes_and_prints_the_scores(two_runs, tmp_path, cli):
     code, out, err = cli("soup", *two_runs, "--name", "cli-soup", "--out", tmp_path, "--json")
     assert code == 0, err

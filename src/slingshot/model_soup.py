@@ -18,8 +18,13 @@ eval split; that split picked it, so its eval figure is optimistic the way a bes
 
 Written by hand rather than with mergekit: a uniform or weighted mean is a few lines on safetensors, and mergekit
 targets LLM checkpoints (its own YAML, a heavy dependency). The soup is streamed one weight file at a time, each
-tensor averaged in float64 and stored in the members' dtype. LoRA generation runs that keep only an adapter are
-refused: the mean of A and B matrices is not the mean of the updates B A (merge them first with `export --merge`).
+tensor averaged in float64 and stored in the members' dtype.
+
+LoRA generation and seq2seq runs keep only an adapter. The mean of their A and B matrices is not the mean of their
+updates B A, but the mean of the updates is itself a LoRA adapter: A matrices stacked, B matrices side by side, each
+scaled by its run's share and scaling (rank = the sum of the runs' ranks). PEFT builds it
+(`add_weighted_adapter(combination_type="cat")`), so the soup of adapters equals the soup of the merged models
+exactly, and stays megabytes; generation merges it into the base when it loads it, so the rank costs nothing then.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ from slingshot.rundir import (
 )
 
 WEIGHT_SUFFIX = ".safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# adapter_config.json keys that must agree for the mean of the adapters' updates to mean anything
+ADAPTER_IDENTITY = ("base_model_name_or_path", "revision", "task_type", "peft_type")
 # config.json keys that say where and when a model was saved, not what it computes
 CONFIG_NOISE = {"_name_or_path", "transformers_version", "dtype", "torch_dtype"}
 
@@ -69,7 +77,7 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
     `weights` (one per run, positive) make a weighted mean; the default is uniform. `greedy` keeps only the runs
     that do not lower the eval score of the uniform mean, best run first (module docstring). Raises SlingshotError
     before anything is written when the runs cannot be averaged (fewer than two, unfinished, of different tasks,
-    labels, tokenizers or shapes, adapter-only), when the first run's data cannot be read, or when the target is
+    labels, tokenizers or shapes, adapters mixed with full weights), when the first run's data cannot be read, or when the target is
     one of them or a finished run (without overwrite).
     """
     from slingshot.data import load_data
@@ -171,15 +179,23 @@ def mixing_weights(weights: list[float] | None, count: int) -> list[float]:
     return [w / total for w in weights]
 
 
+def keeps_adapter(run: RunDir) -> bool:
+    """Whether the run's model folder holds a LoRA adapter alone (generation and seq2seq runs of method lora/qlora)."""
+    return (run.model / ADAPTER_CONFIG).is_file()
+
+
 def weight_files(runs: list[RunDir]) -> list[list[str]]:
     """The safetensors files of each run's model folder (one file, or the shards of an index, plus a fewshot head).
-    Raises RunDirError for a run that keeps only a LoRA adapter or has no safetensors weights."""
+    Raises RunDirError for runs of which some keep a LoRA adapter and some full weights, or a run without
+    safetensors weights."""
     files = []
     for run in runs:
-        if (run.model / "adapter_config.json").is_file():
-            raise RunDirError(f"{run.path} keeps only a LoRA adapter; averaging adapters' A and B matrices is not "
-                              "averaging their updates",
-                              f"merge it first (slingshot export {run.path} --merge) or average runs of method full")
+        if keeps_adapter(run) != keeps_adapter(runs[0]):
+            adapter, full = (run, runs[0]) if keeps_adapter(run) else (runs[0], run)
+            raise RunDirError(f"{adapter.path} keeps a LoRA adapter and {full.path} full weights; they cannot be "
+                              "averaged as they are",
+                              f"merge the adapter first (slingshot export {adapter.path} --merge), or average runs "
+                              "of one method")
         names = sorted(p.name for p in run.model.glob(f"*{WEIGHT_SUFFIX}"))
         if not names:
             raise RunDirError(f"{run.model} has no safetensors weights to average",
@@ -192,6 +208,9 @@ def check_compatible(runs: list[RunDir], tasks: list[str], files: list[list[str]
     """Raise SlingshotError naming the first run that cannot be averaged with the first one: another task, another
     architecture or labels (config.json), another tokenizer, other weight files, names, shapes or dtypes."""
     first = runs[0]
+    if keeps_adapter(first):
+        check_adapters(runs, tasks)
+        return
     config = model_config(first)
     tokenizer = tokenizer_fingerprint(first)
     shapes = tensor_shapes(first, files[0])
@@ -216,6 +235,31 @@ def check_compatible(runs: list[RunDir], tasks: list[str], files: list[list[str]
             detail = (f"weights only one has: {', '.join(missing[:3])}" if missing else
                       "weights of other shapes: " + ", ".join(k for k in shapes if shapes[k] != theirs[k])[:200])
             raise SlingshotError(f"{where}: {detail}", "average runs fine-tuned from the same base model")
+
+
+def check_adapters(runs: list[RunDir], tasks: list[str]) -> None:
+    """Raise SlingshotError for LoRA adapters whose updates cannot be summed exactly: other base models or tasks,
+    another tokenizer, or adapters whose update is not B A times a scaling (DoRA, rank-stabilised scaling, which PEFT's
+    concatenation does not carry over) or that train whole modules too (modules_to_save)."""
+    first = runs[0]
+    configs = [json.loads((run.model / ADAPTER_CONFIG).read_text(encoding="utf-8")) for run in runs]
+    tokenizer = tokenizer_fingerprint(first)
+    for run, task, config in zip(runs, tasks, configs):
+        where = f"{run.path} cannot be averaged with {first.path}"
+        if task != tasks[0]:
+            raise SlingshotError(f"{where}: task {task}, not {tasks[0]}", "average runs of one task")
+        differing = [key for key in ADAPTER_IDENTITY if config.get(key) != configs[0].get(key)]
+        if differing:
+            raise SlingshotError(f"{where}: its adapter differs in {', '.join(differing)} "
+                                 f"({config.get(differing[0])!r} against {configs[0].get(differing[0])!r})",
+                                 "average adapters trained on the same base model for the same task")
+        if tokenizer_fingerprint(run) != tokenizer:
+            raise SlingshotError(f"{where}: its tokenizer differs", "average runs fine-tuned from the same base model")
+        unsupported = [key for key in ("use_dora", "use_rslora", "modules_to_save") if config.get(key)]
+        if unsupported:
+            raise SlingshotError(f"{run.path}'s adapter uses {', '.join(unsupported)}, which a soup of adapters "
+                                 "cannot carry exactly",
+                                 f"merge it first (slingshot export {run.path} --merge) and average merged models")
 
 
 def model_config(run: RunDir) -> dict[str, Any]:
@@ -248,10 +292,13 @@ def tensor_shapes(run: RunDir, names: list[str]) -> dict[str, tuple[str, tuple[i
 def write_model(runs: list[RunDir], files: list[list[str]], shares: list[float], target: Path) -> None:
     """The first run's model folder (config, tokenizer, head settings) with every weight file replaced by the
     weighted mean of the runs' files. Floating-point tensors are averaged in float64 and stored in their own dtype;
-    integer buffers (position ids) must be equal and are copied."""
+    integer buffers (position ids) must be equal and are copied. Runs that keep a LoRA adapter: `write_adapter`."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    if keeps_adapter(runs[0]):
+        write_adapter(runs, shares, target)
+        return
     shutil.copytree(runs[0].model, target, ignore=shutil.ignore_patterns(f"*{WEIGHT_SUFFIX}"))
     for file_name in files[0]:
         handles = [safe_open(str(run.model / file_name), framework="pt") for run in runs]
@@ -270,6 +317,30 @@ def write_model(runs: list[RunDir], files: list[list[str]], shares: list[float],
             del tensors
         save_file(averaged, str(target / file_name), metadata={**metadata, "format": metadata.get("format", "pt")})
         del averaged, handles
+
+
+def write_adapter(runs: list[RunDir], shares: list[float], target: Path) -> None:
+    """The first run's model folder with its adapter replaced by the one LoRA adapter whose update is the weighted
+    mean of the runs' updates (module docstring): loaded onto the base model once, combined by PEFT, saved alone."""
+    from slingshot.tasks.classification import quiet_peft_deprecation
+    from slingshot.tasks.generation import load_adapter_model
+
+    names = [f"member{index}" for index in range(len(runs))]
+    model = load_adapter_model(runs[0].model, adapter_name=names[0])
+    with quiet_peft_deprecation():
+        for run, name in zip(runs[1:], names[1:]):
+            model.load_adapter(str(run.model), adapter_name=name)
+        try:
+            model.add_weighted_adapter(names, shares, "default", combination_type="cat")
+        except ValueError as error:  # PEFT's own checks (e.g. modules targeted as parameters)
+            raise SlingshotError(f"PEFT cannot combine these adapters: {error}",
+                                 "merge each run first (slingshot export RUN --merge) and average merged models")
+        model.set_adapter("default")
+        for name in names:
+            model.delete_adapter(name)
+    shutil.copytree(runs[0].model, target,
+                    ignore=shutil.ignore_patterns(f"*{WEIGHT_SUFFIX}", ADAPTER_CONFIG, "*.bin"))
+    model.save_pretrained(str(target), selected_adapters=["default"])
 
 
 def greedy_members(runs: list[RunDir], files: list[str], out: RunDir, data,

@@ -160,9 +160,9 @@ def generate_answers(model: torch.nn.Module, tokenizer, prompts: list[list[int]]
     return {"predicted": texts, "stopped_at_eos": stopped, "new_tokens": new_tokens}
 
 
-def load_adapter_model(path: Path) -> torch.nn.Module:
+def load_adapter_model(path: Path, adapter_name: str = "default") -> torch.nn.Module:
     """The base model a LoRA run adapted (a causal LM, or an encoder-decoder for a seq2seq adapter), with the run's
-    adapter on top (not merged). Raises ModelError."""
+    adapter on top (not merged) under `adapter_name`. Raises ModelError."""
     from peft import PeftConfig, PeftModel, TaskType
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -171,7 +171,7 @@ def load_adapter_model(path: Path) -> torch.nn.Module:
     auto_class = AutoModelForSeq2SeqLM if config.task_type == TaskType.SEQ_2_SEQ_LM else AutoModelForCausalLM
     model = auto_class.from_pretrained(str(resolved.path), dtype=torch.float32)
     with quiet_peft_deprecation():
-        return PeftModel.from_pretrained(model, str(path))
+        return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name)
 
 
 def pretrained_options(method: str) -> dict[str, Any]:
