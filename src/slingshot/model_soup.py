@@ -77,8 +77,8 @@ def soup(run_paths: list[str | Path], name: str | None = None, *, root: str | Pa
     `weights` (one per run, positive) make a weighted mean; the default is uniform. `greedy` keeps only the runs
     that do not lower the eval score of the uniform mean, best run first (module docstring). Raises SlingshotError
     before anything is written when the runs cannot be averaged (fewer than two, unfinished, of different tasks,
-    labels, tokenizers or shapes, adapters mixed with full weights), when the first run's data cannot be read, or when the target is
-    one of them or a finished run (without overwrite).
+    labels, tokenizers or shapes, adapters mixed with full weights), when the first run's data cannot be read, or
+    when the target is one of them or a finished run (without overwrite).
     """
     from slingshot.data import load_data
     from slingshot.evaluate import run_recipe
