@@ -2,8 +2,8 @@
 
 A token budget of 1,024 per batch holds about 50 short texts, so 1,000 SST-2 sentences make ~19 steps an epoch.
 This trains all-MiniLM-L6-v2 (method full) at several training-set sizes, seeds and recipe variants, each variant
-on the same seeded sample, and reports the eval score (the recipe's train.metric: dev accuracy for classification) of the best and of the
-last evaluation (one per epoch):
+on the same seeded sample, and reports the eval score (the recipe's train.metric: dev accuracy for
+classification) of the best and of the last evaluation (one per epoch):
     .venv/bin/python bench/small_data.py --dataset sst2 --sizes 300,1000 --seeds 0,1,2 \
         --variant before:train.min_steps=null --variant now: > bench/results/small_data.json
 A variant is NAME:key=value,key=value (recipe overrides as `slingshot train --set`; empty for the defaults).
