@@ -124,6 +124,15 @@ def test_a_greedy_soup_keeps_the_runs_that_do_not_lower_the_eval_score(two_runs,
                         "--out", tmp_path)[::2], "greedy", "--weight")
     assert not (tmp_path / "no").exists()
 
+    by_loss = shutil.copytree(a, tmp_path / "by-loss")  # the first run's train.metric decides, lower-is-better too
+    recipe = yaml.safe_load((by_loss / "recipe.yaml").read_text())
+    recipe["train"]["metric"] = "loss"
+    (by_loss / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    search = soup([by_loss, spoiled, b], "greedy-loss", root=tmp_path, greedy=True).metrics["greedy"]
+    losses = [entry["loss"] for entry in search["runs"]]
+    assert search["metric"] == "loss" and losses == sorted(losses) and search["runs"][-1]["run"] == str(spoiled)
+    assert search["loss"] <= losses[0]
+
 
 def test_a_qa_soup_is_scored_on_em_f1_and_answer_similarity(qa_trained_run, tmp_path):
     copy = shutil.copytree(qa_trained_run, tmp_path / "qa-copy")
