@@ -117,6 +117,10 @@ def test_a_greedy_soup_keeps_the_runs_that_do_not_lower_the_eval_score(two_runs,
             torch.testing.assert_close(value, sum(weights_of(path)[key] for path in kept) / len(kept))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["candidates"] == [str(spoiled), str(a), str(b)]
+    from slingshot.report import build_report
+
+    page = build_report(str(run)).read_text(encoding="utf-8")  # the page shows what was kept and what left out
+    assert "Greedy soup" in page and "left out" in page and str(spoiled) in page
     members = [json.loads((r / "summary.json").read_text()) for r in (spoiled, a, b)]
     assert summary["train_time_s"] == pytest.approx(sum(m["train_time_s"] for m in members), abs=0.03)
 

@@ -288,13 +288,37 @@ def similarity_section(a: RunArtefacts) -> str | None:
     return "<h2>Answer similarity</h2>" + text + (image or "")
 
 
+def soup_section(a: RunArtefacts) -> str | None:
+    """What a soup (`slingshot soup`) averaged: its runs and their shares, and a greedy soup's search."""
+    members = a.summary.get("soup_of")
+    if not members:
+        return None
+    rows = [[m.get("run"), f"{m.get('weight', 0):.3f}", f"{m.get('train_time_s') or 0:,.0f} s"] for m in members]
+    parts = ["<h2>Soup</h2>", f"<p>The weights of {len(members)} runs, averaged (<code>slingshot soup</code>).</p>",
+             _table(["run", "share", "training time"], rows, numeric_from=1)]
+    search = a.metrics.get("greedy")
+    if search:
+        metric = search["metric"]
+        steps = {step["added"]: step for step in search["steps"]}
+        rows = []
+        for entry in search["runs"]:
+            step = steps.get(entry["run"])
+            verdict = "first (best alone)" if step is None else ("kept" if step["kept"] else "left out")
+            rows.append([entry["run"], _fmt(entry[metric]), "" if step is None else _fmt(step[metric]), verdict])
+        parts += [f"<p>Greedy soup: best run first, each next run kept only if the soup's eval {_e(metric)} did not "
+                  "get worse (so the eval split picked it; test and gold did not).</p>",
+                  _table(["run", f"{metric} alone", f"{metric} with it", ""], rows, numeric_from=1)]
+    return "".join(parts)
+
+
 def learning_curve_section(a: RunArtefacts) -> str | None:
     image = _image_file(a.run.path / "curve.png", "learning curve")
     return "<h2>Learning curve</h2>" + image if image else None
 
 
 SECTIONS: list[Callable[[RunArtefacts], str | None]] = [
-    summary_section, data_section, inspection_section, curves_section, metrics_section, mistakes_section,
+    summary_section, data_section, inspection_section, soup_section, curves_section, metrics_section,
+    mistakes_section,
     reliability_section, comparison_section, similarity_section, learning_curve_section,
 ]
 
