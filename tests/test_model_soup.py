@@ -273,5 +273,7 @@ def test_the_python_api_soups_runs_and_raises_slingshot_errors(two_runs, tmp_pat
     run = slingshot.soup([slingshot.load(two_runs[0]), two_runs[1]], "api-soup", root=tmp_path)
     assert run.metrics["soup_of"] == [str(p) for p in two_runs]
     assert run.predict(["a wonderful film"])[0]["predicted"] in set(run.metrics["eval"]["labels"])
+    greedy = slingshot.soup(two_runs, "api-greedy", root=tmp_path, greedy=True)
+    assert greedy.metrics["greedy"]["metric"] == "accuracy" and len(greedy.metrics["greedy"]["runs"]) == 2
     with pytest.raises(SlingshotError, match="at least two runs"):
         soup([two_runs[0]], root=tmp_path)
