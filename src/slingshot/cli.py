@@ -803,7 +803,8 @@ def soup(
     as_json: JsonOpt = False,
 ) -> None:
     """Average the weights of runs fine-tuned from the same base model (a model soup) into a new run, scored on
-    the first run's eval split: often better than each run, at one model's inference cost.
+    the first run's eval split: often better than each run, at one model's inference cost, though not always
+    (--greedy keeps only the runs that help). LoRA adapters are combined exactly into one adapter.
 
     Examples:
 
