@@ -8,9 +8,11 @@ classification) of the best and of the last evaluation (one per epoch):
         --variant before:train.min_steps=null --variant now: > bench/results/small_data.json
 A variant is NAME:key=value,key=value (recipe overrides as `slingshot train --set`; empty for the defaults).
 --dataset policyqa trains extractive QA from examples/policyqa/recipe.yaml (its 16 training policies sampled to
---sizes questions, scored on the 4 held-out ones by F1), e.g. the LoRA learning rate there:
-    .venv/bin/python bench/small_data.py --dataset policyqa --sizes 600 --seeds 0,1 --limit-eval 300 \
-        --variant lora1e-4:train.method=lora,train.lr=1e-4 --variant lora1e-3:train.method=lora,train.lr=1e-3
+--sizes questions, scored on the 4 held-out ones by F1; the sample and the held-out policies follow the recipe's
+data.seed, so --seeds varies the training seed only), e.g. the LoRA learning rate there (README, "How it trains"):
+    .venv/bin/python bench/small_data.py --dataset policyqa --sizes 300 --seeds 0 --limit-eval 300 --threads 1 \
+        --variant lora1e-4:train.method=lora,train.lr=1e-4,similarity.enabled=false \
+        --variant lora1e-3:train.method=lora,train.lr=1e-3,similarity.enabled=false
 Smoke test:
     .venv/bin/python bench/small_data.py --sizes 100 --seeds 0 --variant defaults: --limit-eval 100
 The JSON goes to stdout, progress to stderr.
