@@ -172,24 +172,15 @@ def test_unknown_baseline_is_a_clear_error(run_copy):
         compare_run(str(run_copy), options())
 
 
-def test_cli_compare_prints_the_table_and_errors_in_one_line(run_copy, fake_llm, capsys, monkeypatch):
+def test_cli_compare_prints_the_table_and_errors_in_one_line(run_copy, fake_llm, cli):
     server = fake_llm(lambda request, number: sentiment_of(request["messages"][-1]["content"]))
 
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        return code, *capsys.readouterr()
-
-    code, out, err = invoke("compare", run_copy, "--baseline", "majority", "--baseline", "llm",
-                            "--set", f"llm.base_url={server.url}", "--set", "llm.model=scripted", "--limit", "10")
+    code, out, err = cli("compare", run_copy, "--baseline", "majority", "--baseline", "llm",
+                         "--set", f"llm.base_url={server.url}", "--set", "llm.model=scripted", "--limit", "10")
     assert code == 0, err
     assert "Verdicts" in out and "comparing on 10 examples" in err
     assert json.loads((run_copy / "comparison.json").read_text())["examples"] == 10
-    code, out, err = invoke("compare", run_copy, "--baseline", "majority")
+    code, out, err = cli("compare", run_copy, "--baseline", "majority")
     assert code == 2 and "already has a comparison" in err and "--force" in err and "Traceback" not in err
 
 

@@ -4,7 +4,6 @@ against the student (`compare --split gold --baseline teacher`), through the lib
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ import yaml
 from conftest import toy_recipe, toy_rows, write_csv
 from test_label import NAMES, is_hard, teacher_with_logprobs
 
-from slingshot.cli import main
 from slingshot.compare import compare_run
 from slingshot.label import label_file
 from slingshot.recipe import CompareSection, recipe_from_dict
@@ -87,31 +85,22 @@ def test_a_student_trains_on_filtered_weighted_teacher_labels_and_is_scored_on_g
     assert teacher["cost_per_1k_usd"] == pytest.approx((20 * 1 + 3 * 2) / 1e6 * 1000)
 
 
-def test_cli_run_labels_first_then_trains_and_compares_with_the_teacher(tmp_path, teacher_run, capsys, monkeypatch):
+def test_cli_run_labels_first_then_trains_and_compares_with_the_teacher(tmp_path, teacher_run, cli):
     raw, server, _ = teacher_run
     raw["data"].pop("min_confidence")
     path = tmp_path / "distil.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
 
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        return code, *capsys.readouterr()
-
-    code, out, _ = invoke("label", "--help")
+    code, out, _ = cli("label", "--help")
     assert code == 0 and "Example" in out
-    code, out, err = invoke("run", path)
+    code, out, err = cli("run", path)
     assert code == 0, err
     assert "labelled 120 of 120 texts" in out and "teacher accuracy on 30 gold examples" in out
     assert "Verdicts" in out and "teacher scripted (zero-shot)" in out
     sent = len(server.requests)
-    code, out, err = invoke("label", path)  # labelled already: refused, nothing sent
+    code, out, err = cli("label", path)  # labelled already: refused, nothing sent
     assert code == 2 and "already holds teacher labels" in err and "--overwrite" in err and "Traceback" not in err
-    code, out, err = invoke("label", path, "--input", tmp_path / "missing.csv", "--output", tmp_path / "other")
+    code, out, err = cli("label", path, "--input", tmp_path / "missing.csv", "--output", tmp_path / "other")
     assert code == 2 and "data file not found" in err
     assert len(server.requests) == sent
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import sys
 
 import numpy as np
 import pytest
 from conftest import toy_recipe, toy_rows, write_csv
 
-from slingshot.cli import main
 from slingshot.errors import DataError, RunDirError
 from slingshot.recipe import SelectSection, recipe_from_dict
 from slingshot.selection import (
@@ -99,22 +97,13 @@ def test_select_refuses_an_existing_output_and_an_exhausted_pool(trained_run, tm
     assert taken.read_text() == "keep me"
 
 
-def test_cli_select_picks_and_errors_in_one_line(trained_run, pool, tmp_path, capsys, monkeypatch):
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        return code, *capsys.readouterr()
-
-    code, out, _ = invoke("select", "--help")
+def test_cli_select_picks_and_errors_in_one_line(trained_run, pool, tmp_path, cli):
+    code, out, _ = cli("select", "--help")
     assert code == 0 and "Example" in out
     output = tmp_path / "picks.jsonl"
-    code, out, err = invoke("select", trained_run, "--input", pool, "--n", "7", "--strategy", "mixed",
-                            "--set", "uncertainty=entropy", "--output", output)
+    code, out, err = cli("select", trained_run, "--input", pool, "--n", "7", "--strategy", "mixed",
+                         "--set", "uncertainty=entropy", "--output", output)
     assert code == 0, err
     assert "picked 7 of 40" in out and len(output.read_text().splitlines()) == 7
-    code, out, err = invoke("select", trained_run, "--input", pool, "--strategy", "random")
+    code, out, err = cli("select", trained_run, "--input", pool, "--strategy", "random")
     assert code == 2 and "select.strategy" in err and "Traceback" not in err

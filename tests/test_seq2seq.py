@@ -2,7 +2,6 @@
 predict, docs2qa chat data, and the errors a user meets."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -193,19 +192,7 @@ def test_merged_export_gives_the_outputs_of_base_plus_adapter(lora_run, tmp_path
     assert generate_targets(merged, tokenizer, sources, settings) == generate_targets(adapted, tokenizer, sources, settings)
 
 
-def test_predict_cli_answers_prompts_and_files(lora_run, tmp_path, capsys, monkeypatch):
-    from slingshot.cli import main
-
-    def cli(*args):
-        monkeypatch.setattr(sys, "argv", ["slingshot", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
+def test_predict_cli_answers_prompts_and_files(lora_run, tmp_path, cli):
     run_dir = lora_run.run.path
     expected = next(r for r in map(json.loads, lora_run.run.predictions.read_text().splitlines()) if r["prompt"] == QUESTION)
     code, out, err = cli("predict", run_dir, "--prompt", QUESTION, "--json")
