@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import NEGATIVE, POSITIVE, toy_recipe, toy_rows, write_csv
+from conftest import NEGATIVE, POSITIVE, toy_recipe, write_csv
 from llm_server import Status
 from scipy.stats import binomtest
 
@@ -16,8 +16,7 @@ from slingshot.cli import main
 from slingshot.compare import compare_run, macro_f1
 from slingshot.errors import DataError, RecipeError, RunDirError
 from slingshot.llm import LLMError
-from slingshot.recipe import CompareSection, recipe_from_dict
-from slingshot.train import train
+from slingshot.recipe import CompareSection
 
 
 @pytest.fixture

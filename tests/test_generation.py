@@ -12,7 +12,14 @@ from slingshot.errors import DataError, RecipeError, RunDirError
 from slingshot.export import export_merged
 from slingshot.models import load_tokenizer
 from slingshot.recipe import GenerationSection, recipe_from_dict
-from slingshot.tasks.generation import IGNORE, GenerationCollator, GenerationTask, generate_answers, load_adapter_model, pack_rows
+from slingshot.tasks.generation import (
+    IGNORE,
+    GenerationCollator,
+    GenerationTask,
+    generate_answers,
+    load_adapter_model,
+    pack_rows,
+)
 from slingshot.train import train
 
 CONVERSATION = [{"role": "user", "content": "What is the code name of project apollo?"},

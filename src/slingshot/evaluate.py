@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from slingshot.data import Skipped, load_file
+from slingshot.judge import judge_records
 from slingshot.recipe import Recipe, recipe_from_dict
 from slingshot.rundir import RunDir, find_run
-from slingshot.judge import judge_records
 from slingshot.similarity import score_records
 from slingshot.tasks import GeneratingTask, Task, get_task
 from slingshot.train import default_threads, evaluate_split, limit_kernel_caches

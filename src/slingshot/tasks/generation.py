@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from slingshot.batching import token_budget_batches
 from slingshot.chat_data import prompt_messages, reference_answer
 from slingshot.chat_template import choose_template, encode_conversation, encode_prompt
 from slingshot.errors import ModelError
 from slingshot.inference import EVAL_MAX_BATCH_SIZE, EVAL_TOKENS_PER_BATCH
-from slingshot.batching import token_budget_batches
 from slingshot.metrics import generation_metrics
 from slingshot.models import ResolvedModel, resolve_model
 from slingshot.recipe import GenerationSection, Recipe
