@@ -26,6 +26,7 @@ from slingshot.allocator import preloaded
 from slingshot.batching import TokenBudgetBatchSampler, padding_fraction, token_counts
 from slingshot.data import load_data
 from slingshot.dropout import fast_cpu_dropout
+from slingshot.recompute import recompute_cheap_activations
 from slingshot.errors import RecipeError, RunDirError
 from slingshot.inference import FORWARD_COLUMNS, forward_logits
 from slingshot.judge import judge_records
@@ -317,6 +318,10 @@ def train(
         # later transformers 5 releases renamed it activation checkpointing and warn on the old name
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
+    # GELU, LayerNorm and attention-dropout outputs rebuilt in the backward pass (slingshot.recompute); gradient
+    # checkpointing (qlora turns it on) keeps none of them, so nothing is left to save there
+    recompute = (recipe.train.recompute_elementwise and not recipe.train.gradient_checkpointing
+                 and recipe.train.method != "qlora")
     if task.text_answers and recipe.similarity.enabled:
         resolve_model(recipe.similarity.model)  # fail now, not after training, when the embedding model is missing
     parameters = count_parameters(model)
@@ -470,7 +475,8 @@ def train(
                     for index, micro in enumerate(window):
                         sync = index == len(window) - 1
                         with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
-                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None), \
+                                    recompute_cheap_activations(recompute):
                                 loss_sum, _ = task.loss(model, micro)
                             accelerator.backward(loss_sum * loss_scale)
                         loss_total += float(loss_sum.detach())
