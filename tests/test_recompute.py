@@ -19,9 +19,8 @@ def classifier(path):
     return model.train()
 
 
-def step(model, use: bool, dtype=None, seed: int = 5):
-    """Gradients of one training step and what its forward pass kept: {storage: (producer, bytes)}."""
-    kept = {}
+def counting_pack(use: bool, kept: dict):
+    """slingshot.recompute's pack hook (or none), noting what stays in memory: {storage: (producer, bytes)}."""
 
     def pack(tensor):
         out = recompute._pack(tensor) if use else tensor
@@ -32,12 +31,18 @@ def step(model, use: bool, dtype=None, seed: int = 5):
             kept[storage.data_ptr()] = (producer, storage.nbytes())
         return out
 
+    return pack
+
+
+def step(model, use: bool, dtype=None, seed: int = 5):
+    """Gradients of one training step and what its forward pass kept: {storage: (producer, bytes)}."""
+    kept = {}
     ids = torch.randint(5, 40, (6, 12), generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
     torch.manual_seed(seed)
     with fast_cpu_dropout(), recompute.recompute_cheap_activations(use), \
             torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
-            torch.autograd.graph.saved_tensors_hooks(pack, recompute._unpack):
+            torch.autograd.graph.saved_tensors_hooks(counting_pack(use, kept), recompute._unpack):
         loss = F.cross_entropy(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float(), labels)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -70,7 +75,7 @@ def test_gelu_layer_norm_and_attention_dropout_outputs_are_not_kept(tiny_bert):
     _, plain = step(model, use=False)
     _, rebuilt = step(model, use=True)
     producers = {producer for producer, _ in rebuilt.values()}
-    assert "GeluBackward0" not in producers
+    assert "GeluBackward0" not in producers and not recompute._layer_norms
     assert "NativeLayerNormBackward0" in {producer for producer, _ in plain.values()}
     # The LayerNorm outputs linear layers keep: two a layer (attention block, feed-forward block), each [6, 12,
     # hidden] floats; the last one stays, whole, because the pooler keeps a slice of it (its first token).
@@ -99,6 +104,27 @@ def test_other_layouts_are_kept_as_they_are():
             grads.append(x.grad.clone())
             x.grad = None
         assert torch.equal(grads[0], grads[1])
+
+
+def test_autocast_copies_are_rebuilt_in_the_dtype_the_forward_used():
+    """Under bf16 autocast a linear layer keeps a bf16 copy of its input; LayerNorm of a bf16 input runs in fp32."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 16, requires_grad=True)
+    norm, linear = torch.nn.LayerNorm(16), torch.nn.Linear(16, 8)
+    grads, kept_bytes = [], []
+    for use in (False, True):
+        kept = {}
+        with recompute.recompute_cheap_activations(use), torch.autocast("cpu", dtype=torch.bfloat16), \
+                torch.autograd.graph.saved_tensors_hooks(counting_pack(use, kept), recompute._unpack):
+            y = linear(F.gelu(norm(x.to(torch.bfloat16)))).float()
+        y.square().sum().backward()
+        grads.append([t.grad.clone() for t in (x, norm.weight, linear.weight)])
+        kept_bytes.append(sum(size for _, size in kept.values()))
+        for t in (x, norm.weight, norm.bias, linear.weight, linear.bias):
+            t.grad = None
+    for plain, rebuilt in zip(*grads):
+        assert torch.equal(plain, rebuilt)
+    assert kept_bytes[1] < kept_bytes[0]
 
 
 def test_layer_norm_is_restored_however_the_block_is_left():

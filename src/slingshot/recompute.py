@@ -32,19 +32,24 @@ import torch
 import torch.nn.functional as F
 
 _torch_layer_norm = F.layer_norm
-_NOTE = "_slingshot_layer_norm"  # attribute of a LayerNorm output: its input and arguments
+# LayerNorm nodes made inside the block -> (input, weight, bias), (normalized_shape, eps); emptied on leaving it
+_layer_norms: dict[Any, tuple[tuple, tuple]] = {}
 
 
 class _Recompute:
     """What to run in the backward pass to get a saved tensor back."""
 
-    __slots__ = ("kind", "inputs", "extra", "shape")
+    __slots__ = ("kind", "inputs", "extra", "dtype", "shape", "autocast")
 
-    def __init__(self, kind: str, inputs: tuple[torch.Tensor, ...], extra: Any, shape: torch.Size):
-        self.kind, self.inputs, self.extra, self.shape = kind, inputs, extra, shape
+    def __init__(self, kind: str, inputs: tuple, extra: Any, dtype: torch.dtype | None, shape: torch.Size):
+        self.kind, self.inputs, self.extra, self.dtype, self.shape = kind, inputs, extra, dtype, shape
+        device = inputs[0].device.type
+        # the forward's autocast state, so that the rebuilt op runs in the dtype the forward ran it in
+        self.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
 
     def run(self) -> torch.Tensor:
-        with torch.no_grad():
+        device, dtype, enabled = self.autocast
+        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
             if self.kind == "gelu":
                 (source,) = self.inputs
                 out = F.gelu(source, approximate=self.extra)
@@ -54,6 +59,8 @@ class _Recompute:
             else:  # dropout: the op slingshot.dropout's forward runs, on the same input and mask
                 source, keep = self.inputs
                 out = torch.ops.aten.native_dropout_backward(source, keep, self.extra)
+            if self.dtype is not None:  # what autocast kept was a copy in another dtype
+                out = out.to(self.dtype)
         return out.view(self.shape)
 
 
@@ -74,29 +81,41 @@ def _pack(tensor: torch.Tensor) -> torch.Tensor | _Recompute:
     if found is None:
         return tensor
     base, node = found
-    note = getattr(base, _NOTE, None)
+    dtype = None
+    if type(node).__name__ == "ToCopyBackward0":  # autocast's copy of the output in the compute dtype
+        dtype, node = base.dtype, node.next_functions[0][0]
+        if node is None:
+            return tensor
+    kind, inputs, extra = _source(node)
+    if kind is None or not inputs[0].is_contiguous() or inputs[0].shape != base.shape:
+        return tensor
+    if dtype is None and inputs[0].dtype != base.dtype:
+        return tensor
+    return _Recompute(kind, inputs, extra, dtype, tensor.shape)
+
+
+def _source(node: Any) -> tuple[str | None, tuple, Any]:
+    """How to rebuild the output of `node`: (kind, the tensors it came from, other arguments), or (None, (), None)."""
+    note = _layer_norms.get(node)
     if note is not None:
-        return _Recompute("layer_norm", note[0], note[1], tensor.shape)
+        return "layer_norm", note[0], note[1]
     name = type(node).__name__
     if name == "GeluBackward0":
-        source = node._saved_self
-        if source.is_contiguous() and source.dtype == base.dtype and source.shape == base.shape:
-            return _Recompute("gelu", (source,), node._saved_approximate, tensor.shape)
-    elif name == "_KeepAndScaleBackward":  # slingshot.dropout
+        return "gelu", (node._saved_self,), node._saved_approximate
+    if name == "_KeepAndScaleBackward":  # slingshot.dropout, after a softmax (which keeps its output)
         parent = node.next_functions[0][0]
         if parent is not None and type(parent).__name__ == "SoftmaxBackward0":
-            source = parent._saved_result
             (keep,) = node.saved_tensors
-            if source.is_contiguous() and source.shape == base.shape and source.dtype == base.dtype:
-                return _Recompute("dropout", (source, keep), node.scale, tensor.shape)
-    return tensor
+            return "dropout", (parent._saved_result, keep), node.scale
+    return None, (), None
 
 
 def _noted_layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
                       bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
     out = _torch_layer_norm(input, normalized_shape, weight, bias, eps)
-    if out.requires_grad and input.is_contiguous() and out.is_contiguous() and out.shape == input.shape:
-        setattr(out, _NOTE, ((input, weight, bias), (tuple(normalized_shape), eps)))
+    if out.grad_fn is not None and input.is_contiguous() and out.shape == input.shape:
+        # keyed by the node: autocast's copies of `out` point to it, not to `out`
+        _layer_norms[out.grad_fn] = ((input, weight, bias), (tuple(normalized_shape), eps))
     return out
 
 
@@ -117,3 +136,4 @@ def recompute_cheap_activations(enabled: bool = True) -> Iterator[None]:
             yield
     finally:
         F.layer_norm = _torch_layer_norm
+        _layer_norms.clear()  # the notes hold the nodes: only the forward pass needs them
