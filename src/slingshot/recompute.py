@@ -45,11 +45,14 @@ class _Recompute:
         self.kind, self.inputs, self.extra, self.dtype, self.shape = kind, inputs, extra, dtype, shape
         device = inputs[0].device.type
         # the forward's autocast state, so that the rebuilt op runs in the dtype the forward ran it in
-        self.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        try:
+            self.autocast = torch.autocast(device, dtype=torch.get_autocast_dtype(device),
+                                           enabled=torch.is_autocast_enabled(device))
+        except (RuntimeError, ValueError):  # a device type autocast does not know: it did not run there either
+            self.autocast = contextlib.nullcontext()
 
     def run(self) -> torch.Tensor:
-        device, dtype, enabled = self.autocast
-        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+        with torch.no_grad(), self.autocast:
             if self.kind == "gelu":
                 (source,) = self.inputs
                 out = F.gelu(source, approximate=self.extra)
