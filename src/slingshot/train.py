@@ -26,13 +26,13 @@ from slingshot.allocator import preloaded
 from slingshot.batching import TokenBudgetBatchSampler, padding_fraction, token_counts
 from slingshot.data import load_data
 from slingshot.dropout import fast_cpu_dropout
-from slingshot.recompute import recompute_cheap_activations
 from slingshot.errors import RecipeError, RunDirError
 from slingshot.inference import FORWARD_COLUMNS, forward_logits
 from slingshot.judge import judge_records
 from slingshot.models import count_parameters, load_tokenizer, resolve_model
 from slingshot.progress import TrainProgress
 from slingshot.recipe import Recipe
+from slingshot.recompute import recompute_cheap_activations
 from slingshot.rundir import (
     ResourceMeter,
     RunDir,
