@@ -1,25 +1,26 @@
-"""Keep two cheap activations out of memory while training: the backward pass recomputes them.
+"""Keep three cheap activations out of memory while training: the backward pass recomputes them.
 
 What a fine-tuning step of a small encoder holds at its peak is mostly what the forward pass keeps for the
 backward pass. Three of those tensors are cheap to rebuild from tensors that are kept anyway:
 
 - GELU's output, which the next linear layer keeps as its input: GELU keeps its own input for its backward, so
   the output is recomputed from it (in all-MiniLM-L6-v2, 1,536 floats a token in each of 6 layers: 38 MB of a
-  1,024-token batch).
+  1,024-token fp32 batch).
 - Dropout's output where attention's second matmul keeps it: softmax keeps its output and dropout its bool mask
   for their own backward passes, so the dropped weights are recomputed from the two (4 bytes an attention score:
-  19 MB of a 16 x 64-token batch).
+  19 MB of a 16 x 64-token fp32 batch).
 - LayerNorm's output, which the next layer's query, key and value projections (or the feed-forward block) keep as
   their input: LayerNorm keeps its input for its backward, so the output is recomputed from it (2 x 384 floats a
-  token a layer: 19 MB of a 1,024-token batch).
+  token a layer: 19 MB of a 1,024-token fp32 batch).
 
 Mechanism: `torch.autograd.graph.saved_tensors_hooks`. When an operation saves a tensor (or a view of one) that a
-GELU, a LayerNorm or a `slingshot.dropout` after a softmax produced, the hook stores the recipe instead (the
-producer's input and, for dropout, its mask), which its producer's node keeps anyway; the backward pass rebuilds the tensor with
-the very kernel the forward used, so gradients are bitwise the same. (LayerNorm's epsilon is not in its node, so
-`torch.nn.functional.layer_norm`, which `nn.LayerNorm` calls, is wrapped while inside to note it.) Anything else is stored as it is. Views are
-handled when the saved tensor and its base are contiguous with the same elements (a linear layer on 3-D input,
-a batched matmul); other layouts, bf16 autocast copies and PyTorch's own dropout are stored as they are.
+GELU, a LayerNorm or a `slingshot.dropout` after a softmax produced, or autocast's copy of such a tensor in
+another dtype, the hook stores the recipe instead: the producer's input (and, for dropout, its mask), which the
+producer's own node keeps anyway. The backward pass reruns the very kernel the forward ran, under the forward's
+autocast state, so gradients are bitwise the same. LayerNorm's epsilon is not in its node, so
+`torch.nn.functional.layer_norm` (which `nn.LayerNorm` calls) is wrapped while inside to note it. Anything else
+is stored as it is: views are rebuilt only when the saved tensor and its base are contiguous with the same
+elements (a linear layer on 3-D input, a batched matmul); other layouts and PyTorch's own dropout (GPUs) are kept.
 """
 
 from __future__ import annotations
