@@ -464,3 +464,22 @@ def test_a_small_training_set_trains_on_smaller_batches_then_makes_more_passes(t
     longer = fit("longer", 60)
     assert longer["tokens_per_batch"] == 128 and longer["optimizer_steps"] == 60
     assert 4 * 160 < longer["examples_seen"] < 5 * 160
+
+
+def test_evaluations_between_steps_take_batches_no_larger_than_the_training_ones(tmp_path, tiny_bert, toy_data,
+                                                                                monkeypatch):
+    import slingshot.train as train_module
+
+    budgets = []
+    forward_logits = train_module.forward_logits
+
+    def recording(*args, **kwargs):
+        budgets.append(kwargs["tokens_per_batch"])
+        return forward_logits(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "forward_logits", recording)
+    result = run(tmp_path, tiny_bert, toy_data, epochs=2, eval_every=3, tokens_per_batch=128)
+    evaluations = result.metrics["evaluations"]
+    assert len(evaluations) >= 3
+    # one forward pass per evaluation during training, at the training budget (not inference's 4,096 tokens)
+    assert budgets[: len(evaluations)] == [128] * len(evaluations)

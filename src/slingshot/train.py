@@ -27,7 +27,7 @@ from slingshot.batching import TokenBudgetBatchSampler, padding_fraction, token_
 from slingshot.data import load_data
 from slingshot.dropout import fast_cpu_dropout
 from slingshot.errors import RecipeError, RunDirError
-from slingshot.inference import FORWARD_COLUMNS, forward_logits
+from slingshot.inference import EVAL_TOKENS_PER_BATCH, FORWARD_COLUMNS, forward_logits
 from slingshot.judge import judge_records
 from slingshot.models import count_parameters, load_tokenizer, resolve_model
 from slingshot.progress import TrainProgress
@@ -393,13 +393,18 @@ def train(
     metric_name = recipe.best_metric
     eval_split = encoded["eval"]
     latest_eval: dict[str, Any] = {}  # the last evaluation's step and result (metrics and outputs)
+    # Evaluations between steps take batches no larger than the training ones: their activations then fit the blocks
+    # the training steps freed, where 4,096-token batches asked the allocator for larger ones each time and the heap
+    # grew with every evaluation (full SST-2: see the README, "Training in about 1 GB").
+    eval_budget = min(EVAL_TOKENS_PER_BATCH, recipe.train.tokens_per_batch)
 
     def evaluate_now() -> dict[str, Any]:
         # A head the loss does not train (few-shot: a classifier on the embeddings) is fitted to the body as it
         # is now, so each evaluation, and the best checkpoint, scores the model that would be saved.
         with attention_kernel(scored_model(), inference_attention):
             task.fit_head(scored_model(), encoded, collate, recipe, device, amp_dtype)
-            result = evaluate_split(task, scored_model(), eval_split, collate, data.label_names, device, amp_dtype)
+            result = evaluate_split(task, scored_model(), eval_split, collate, data.label_names, device, amp_dtype,
+                                    tokens_per_batch=eval_budget)
         latest_eval.update(step=state.step, result=result)
         return result["metrics"]
 
@@ -748,11 +753,12 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype) -> dict[str, Any]:
+def evaluate_split(task, model, encoded, collate, label_names, device, amp_dtype,
+                   tokens_per_batch: int = EVAL_TOKENS_PER_BATCH) -> dict[str, Any]:
     """Metrics (with loss) and outputs of a model on one prepared split."""
     columns = task.forward_columns if isinstance(task, GeneratingTask) else FORWARD_COLUMNS
     logits = forward_logits(model, encoded, collate, forward=task.forward, device=device, autocast_dtype=amp_dtype,
-                            columns=columns)
+                            columns=columns, tokens_per_batch=tokens_per_batch)
     if isinstance(task, GeneratingTask):  # answers are decoded token by token; the forward pass gave the loss
         outputs = task.generate(model, encoded, collate, device, amp_dtype)
     else:
