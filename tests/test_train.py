@@ -7,6 +7,7 @@ import torch
 import yaml
 from conftest import toy_recipe, toy_rows, write_csv
 
+import slingshot.train as train_module
 from slingshot.errors import RecipeError, RunDirError
 from slingshot.recipe import recipe_from_dict
 from slingshot.train import train
@@ -483,3 +484,39 @@ def test_evaluations_between_steps_take_batches_no_larger_than_the_training_ones
     assert len(evaluations) >= 3
     # one forward pass per evaluation during training, at the training budget (not inference's 4,096 tokens)
     assert budgets[: len(evaluations)] == [128] * len(evaluations)
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(0.58, False), (2.3, True)])
+def test_bf16_is_chosen_on_a_cpu_only_where_its_matmuls_measure_faster(monkeypatch, speedup, expected):
+    # the instructions alone mislead: an Intel Xeon reporting AVX512-BF16 ran bf16 matmuls at 0.58x fp32's rate
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "bf16_matmul_speedup", lambda: speedup)
+    train_module.cpu_has_fast_bf16.cache_clear()
+    try:
+        assert train_module.cpu_has_fast_bf16() is expected
+        recipe = recipe_from_dict({"data": {"train": "x.csv"}})
+        assert train_module.autocast_dtype(recipe, torch.device("cpu")) == (torch.bfloat16 if expected else None)
+    finally:
+        train_module.cpu_has_fast_bf16.cache_clear()
+
+
+def test_measuring_bf16_leaves_the_seeded_random_stream_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert train_module.bf16_matmul_speedup(size=64, rounds=3) > 0
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_resume_continues_in_the_precision_the_run_started_in(tmp_path, tiny_bert, toy_data, monkeypatch):
+    # train.precision auto measures the machine; a run resumed where it decides otherwise keeps its first answer
+    raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=2, precision="auto")
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
+    stopped = train(recipe_from_dict(raw), show_progress=False, stop_after_steps=2)
+    state = json.loads((stopped.run.path / "checkpoints" / "last" / "slingshot_state.json").read_text())
+    assert state["precision"] == "bf16"
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
+    resumed = train(recipe_from_dict(raw), show_progress=False, resume=True)
+    assert resumed.summary["precision"] == "bf16"
+    fresh = train(recipe_from_dict(raw), show_progress=False, overwrite=True)
+    assert fresh.summary["precision"] == "fp32"

@@ -49,7 +49,7 @@ CPU_SLACK_PER_ACTIVATION = {"glibc": 1.0, "pooled": 0.0}
 # model-FLOPs utilisation of single-GPU fine-tuning (assumed, not measured here).
 TRAINING_EFFICIENCY = {"cpu": 0.7, "cuda": 0.35}
 INFERENCE_EFFICIENCY = {"cpu": 0.7, "cuda": 0.35}
-# bf16 autocast on a CPU with AVX512-BF16/AMX trains 1.42x faster than fp32 (train.py, autocast_dtype: 3,640 vs
+# bf16 autocast on a CPU where it measures faster (train.cpu_has_fast_bf16) trains 1.42x faster than fp32 (train.py, autocast_dtype: 3,640 vs
 # 2,566 real tokens/s, measured here); the bf16 matmul alone is 2-3x faster, the rest of the step is not.
 CPU_BF16_TRAINING_SPEEDUP = 1.42
 # Fixed cost of one batch whatever the model's size: Python, collation, autocast, kernel launches, scheduler. It is
