@@ -2,6 +2,7 @@
 profiles and calibration, the advice, the CLI, and estimates against real training runs of tiny models."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -273,6 +274,20 @@ def test_calibration_is_measured_once_then_read_from_the_cache(tmp_path):
     assert cache.is_file()
     again = load_or_run_calibration("cpu", fast_bf16=False, threads=1)
     assert again["when"] == first["when"] and again["matmul_gflops"] == first["matmul_gflops"]
+
+
+def test_calibration_caps_the_kernel_caches_before_its_matmuls(monkeypatch):
+    # `slingshot run` calibrates a new machine in the process that then trains; oneDNN reads the caps at first use
+    import slingshot.plan.hardware as hardware
+
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    monkeypatch.setattr(hardware, "_matmul_gflops", lambda *args, **kwargs: seen.append(
+        (os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"), os.environ.get("LRU_CACHE_CAPACITY"))) or 1.0)
+    monkeypatch.setattr(hardware, "_copy_bandwidth_gb_s", lambda *args, **kwargs: 1.0)
+    hardware.run_calibration("cpu", fast_bf16=True, threads=1)
+    assert seen and set(seen) == {("16", "16")}
 
 
 # ------------------------------------------------------------------------------------------------ plan and advice

@@ -508,6 +508,23 @@ def test_measuring_bf16_leaves_the_seeded_random_stream_alone():
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+def test_measuring_bf16_caps_the_kernel_caches_before_its_first_matmul(monkeypatch):
+    # `slingshot run` plans (and so measures) before training: its matmuls may be the process's first, and oneDNN
+    # reads the caps once, at its first use (uncapped, the main job peaked at 1,476 instead of ~900 MB)
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    real_mm = torch.mm
+
+    def recording(a, b):
+        seen.append((os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"), os.environ.get("LRU_CACHE_CAPACITY")))
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", recording)
+    train_module.bf16_matmul_speedup(size=32, rounds=1)
+    assert seen and set(seen) == {("16", "16")}
+
+
 def test_resume_continues_in_the_precision_the_run_started_in(tmp_path, tiny_bert, toy_data, monkeypatch):
     # train.precision auto measures the machine; a run resumed where it decides otherwise keeps its first answer
     raw = toy_recipe(tmp_path, tiny_bert, toy_data, epochs=2, precision="auto")

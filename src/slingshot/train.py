@@ -132,7 +132,9 @@ def cpu_has_fast_bf16() -> bool:
 def bf16_matmul_speedup(size: int = 768, rounds: int = 5) -> float:
     """bf16 over fp32 matmul speed on this CPU with the current threads: the median ratio of `rounds` interleaved
     pairs of size x size matmuls (interleaved, so that a busy moment of a shared machine slows both alike). Uses
-    its own generator: the global RNG, seeded for the run, is left as it was."""
+    its own generator: the global RNG, seeded for the run, is left as it was. Caps the kernel caches first
+    (limit_kernel_caches): `slingshot run` measures while planning, and these may be the process's first matmuls."""
+    limit_kernel_caches()
     generator = torch.Generator().manual_seed(0)
     fp32 = [torch.randn(size, size, generator=generator) for _ in range(2)]
     bf16 = [t.to(torch.bfloat16) for t in fp32]

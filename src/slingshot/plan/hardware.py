@@ -204,8 +204,13 @@ def load_or_run_calibration(device: str, fast_bf16: bool, threads: int, refresh:
 
 
 def run_calibration(device: str, fast_bf16: bool, threads: int) -> dict:
-    """Median GFLOP/s of square matmuls at CALIBRATION_SIZES (fp32, and bf16 where fast) and a copy bandwidth."""
+    """Median GFLOP/s of square matmuls at CALIBRATION_SIZES (fp32, and bf16 where fast) and a copy bandwidth.
+    Caps the kernel caches first: in `slingshot run` these can be the first matmuls of the process that trains."""
     import torch
+
+    from slingshot.train import limit_kernel_caches
+
+    limit_kernel_caches()
 
     precisions = {"fp32": torch.float32}
     if fast_bf16:
