@@ -56,6 +56,14 @@ class ModelSection(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when downloading.")
     max_length: int = Field(128, ge=8, le=8192, description="Longest input in tokens; longer texts are truncated.")
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "cls",
+        description="What a classification or regression head reads: cls, the first token (Transformers' own "
+        "heads); mean, the masked mean of the token vectors, which sentence-transformers models were trained on, "
+        "put at the first token by one appended encoder layer, so the saved model still loads as is (BERT-style "
+        "encoders, method full; one more layer of compute); auto: mean when the model folder says it was trained "
+        "with mean pooling and the method is full, cls otherwise.",
+    )
 
 
 class LimitSection(Section):
@@ -675,6 +683,10 @@ class Recipe(Section):
                                             or self.train.method == "fewshot"):
             problems.append(f"train.distill is for classification, regression and extractive_qa with method full, lora "
                             f"or qlora, not task {self.task} with method {self.train.method}; remove train.distill.teachers")
+        if self.model.pooling == "mean" and (self.task not in ("classification", "regression")
+                                             or self.train.method != "full"):
+            problems.append(f"model.pooling mean is for classification and regression with method full, not task "
+                            f"{self.task} with method {self.train.method}; set model.pooling: auto or cls")
         if self.train.method == "fewshot" and self.data.text_pair_column:
             problems.append("train.method fewshot embeds single texts; data.text_pair_column needs full or lora")
         if self.train.metric != "auto" and self.train.metric not in METRICS[self.task]:

@@ -682,6 +682,8 @@ def train(
         "precision": precision_name(amp_dtype),
         "attention": train_attention,  # the kernel the training steps used (None: not a transformers model)
         "frozen_embeddings": recipe.freezes_embeddings(),
+        "pooling": (getattr(unwrapped.config, "slingshot_pooling", "cls")  # model.pooling resolved
+                    if recipe.task in ("classification", "regression") and recipe.train.method != "fewshot" else None),
         "learning_rate": peak_lr,  # train.lr resolved (auto: by method and task)
         "parameters": parameters,
         "train_examples": labelled_examples,  # examples, not pairs, for method fewshot

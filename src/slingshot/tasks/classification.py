@@ -18,6 +18,7 @@ from slingshot.batching import PaddingCollator
 from slingshot.errors import ModelError, RecipeError
 from slingshot.metrics import classification_metrics, regression_metrics
 from slingshot.models import ResolvedModel
+from slingshot.pooling import append_mean_pooling_layer, resolve_pooling
 from slingshot.recipe import DistillSection, Recipe
 
 # LoRA targets per model family: the attention projections, as in the LoRA paper (Hu et al., 2021, section 4.2).
@@ -115,6 +116,9 @@ class ClassificationTask:
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
+        if resolve_pooling(recipe, resolved.path, model) == "mean":
+            append_mean_pooling_layer(model)
+            model.config.slingshot_pooling = "mean"  # saved in config.json: the last layer pools, it is not trained
         if recipe.train.method == "qlora":
             from peft import prepare_model_for_kbit_training
 
