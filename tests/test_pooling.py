@@ -36,11 +36,27 @@ def test_appended_layer_puts_the_layer_normed_masked_mean_at_the_first_token(tin
         mask = inputs["attention_mask"].unsqueeze(-1).float()
         expected = torch.nn.functional.layer_norm((hidden * mask).sum(1) / mask.sum(1), hidden.shape[-1:])
         append_mean_pooling_layer(model)
-        pooled = model.base_model(**inputs).last_hidden_state[:, 0]
+        fast = model.base_model(**inputs).last_hidden_state[:, 0]
+        del model.base_model.encoder.layer[-1].forward  # the layer as a saved model runs it: every position
+        saved = model.base_model(**inputs).last_hidden_state[:, 0]
+        unpadded = model.base_model(**{k: v[1:, :3] for k, v in inputs.items()}).last_hidden_state[:, 0]
     assert model.config.num_hidden_layers == 3
+    # this process computes position 0 alone; the saved layer computes it among the rest: the same numbers
+    torch.testing.assert_close(fast, saved, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(saved[1:], unpadded, atol=1e-5, rtol=1e-5)  # padding is left out of the mean
     # the first token's own vector enters the mean's LayerNorm at 1/1000 of its weight: 1e-3-sized differences
-    torch.testing.assert_close(pooled, expected, atol=2e-2, rtol=0)
-    assert (pooled - expected).abs().max() < 0.05 * expected.abs().max()
+    torch.testing.assert_close(saved, expected, atol=2e-2, rtol=0)
+
+
+def test_first_token_path_reads_every_mask_the_encoder_may_hand_its_layers():
+    from slingshot.pooling import _real_tokens
+
+    keep = torch.tensor([[True, True, False], [True, True, True]])
+    additive = torch.where(keep, 0.0, torch.finfo(torch.float32).min)[:, None, None, :].expand(2, 1, 3, 3)
+    for mask in (keep.long(), keep[:, None, None, :].expand(2, 1, 3, 3), additive):
+        assert torch.equal(_real_tokens(mask, 2, 3), keep)
+    assert _real_tokens(None, 2, 3).all()
+    assert _real_tokens(torch.zeros(2, 1, 3, 3), 2, 3).all()  # eager attention without padding: all zeros
 
 
 def test_pooling_layer_is_frozen_and_the_layers_below_still_learn(tiny_bert):

@@ -17,16 +17,18 @@ LayerNorm(masked mean of the previous layer's outputs):
 The model stays a standard checkpoint (`num_hidden_layers` is one more), so pipeline, ONNX export and `serve` run
 it unchanged. The layer is frozen: it is an operator, not something to learn (the head's dense layer after it can
 absorb any affine map its LayerNorms could learn), and its 1.8M weights (all-MiniLM-L6-v2) would otherwise take
-gradients and AdamW moments (150 steps on 8,000 SST-2 rows, 1 thread: peak RSS 926 MiB with [CLS], 958 with the
-frozen layer, 970 with a trainable one). While training, dropout on the uniform attention weights drops whole
-tokens from the mean, as dropout on a pooled vector would. The price is one more layer of compute: its
-feed-forward matmuls run on zeros (1/6 more work for a 6-layer model).
+gradients and AdamW moments. While training, Slingshot runs the layer for position 0 alone
+(`_forward_at_first_token`: the same function, one vector a text instead of one a token), so training costs what
+[CLS] pooling costs; dropout on the uniform attention weights becomes dropout on the mean's weights, which drops
+whole tokens from the mean as it does in the full layer. A loaded model runs the whole layer: 1/6 more inference
+compute for a 6-layer model, since its feed-forward matmuls run on zeros for every token.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import types
 from pathlib import Path
 
 import torch
@@ -114,6 +116,7 @@ def append_mean_pooling_layer(model: torch.nn.Module, scale: float = MEAN_SCALE)
         for norm in (output.LayerNorm, layer.output.LayerNorm):
             norm.weight.fill_(1.0)
             norm.bias.zero_()
+    layer.forward = types.MethodType(_forward_at_first_token, layer)
     reference = next(last.parameters())
     layer.to(device=reference.device, dtype=reference.dtype)
     layer.train(last.training)
@@ -121,3 +124,36 @@ def append_mean_pooling_layer(model: torch.nn.Module, scale: float = MEAN_SCALE)
     layers.append(layer)
     config.num_hidden_layers = len(layers)
     return model
+
+
+def _forward_at_first_token(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                            *args, **kwargs) -> torch.Tensor:
+    """The appended layer's forward in this process: what the saved layer computes at position 0, computed for
+    position 0 alone (the head reads nothing else). Uniform attention over the real tokens is their masked mean,
+    and the value projection is linear, so value(mean) is the mean of the values; then the layer's own output
+    projection, residual, LayerNorms and feed-forward block run on one vector a text instead of one a token. The
+    other positions pass through unchanged. Attention dropout becomes dropout on the mean's weights, which is what
+    it is on uniform attention."""
+    batch, length = hidden_states.shape[:2]
+    keep = _real_tokens(attention_mask, batch, length).to(hidden_states.device, hidden_states.dtype)
+    weights = keep / keep.sum(dim=1, keepdim=True).clamp(min=1)
+    attention = self.attention.self
+    weights = torch.nn.functional.dropout(weights, p=attention.dropout.p, training=self.training)
+    mean = torch.einsum("bl,blh->bh", weights, hidden_states).unsqueeze(1)
+    first = self.attention.output(attention.value(mean), hidden_states[:, :1])
+    first = self.output(self.intermediate(first), first)
+    return torch.cat([first, hidden_states[:, 1:]], dim=1)
+
+
+def _real_tokens(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
+    """[batch, length] booleans, True where a key may be attended to, from the mask the encoder hands its layers:
+    None (no padding), 2-D 0/1 (flash attention), or 4-D boolean (SDPA) or additive (eager, 0 or the dtype's
+    minimum). Every query row of a bidirectional mask masks the same keys; row 0 is the [CLS] query."""
+    if attention_mask is None:
+        return torch.ones(batch, length, dtype=torch.bool)
+    if attention_mask.dim() == 2:  # 1 for a real token, 0 for padding
+        return (attention_mask > 0).expand(batch, length)
+    row = attention_mask[:, 0, 0, :]
+    if row.dtype != torch.bool:  # additive: 0 where attended, the dtype's minimum where masked
+        row = row > torch.finfo(row.dtype).min / 2
+    return row.expand(batch, length)

@@ -60,9 +60,9 @@ class ModelSection(Section):
         "cls",
         description="What a classification or regression head reads: cls, the first token (Transformers' own "
         "heads); mean, the masked mean of the token vectors, which sentence-transformers models were trained on, "
-        "put at the first token by one appended encoder layer, so the saved model still loads as is (BERT-style "
-        "encoders, method full; one more layer of compute); auto: mean when the model folder says it was trained "
-        "with mean pooling and the method is full, cls otherwise.",
+        "put at the first token by one appended, frozen encoder layer, so the saved model still loads as is "
+        "(BERT-style encoders, method full; the loaded model runs one more layer); auto: mean when the model "
+        "folder says it was trained with mean pooling and the method is full, cls otherwise.",
     )
 
 
