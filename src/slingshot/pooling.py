@@ -18,10 +18,9 @@ The model stays a standard checkpoint (`num_hidden_layers` is one more), so pipe
 it unchanged. The layer is frozen: it is an operator, not something to learn (the head's dense layer after it can
 absorb any affine map its LayerNorms could learn), and its 1.8M weights (all-MiniLM-L6-v2) would otherwise take
 gradients and AdamW moments. While training, Slingshot runs the layer for position 0 alone
-(`_forward_at_first_token`: the same function, one vector a text instead of one a token), so training costs what
-[CLS] pooling costs; dropout on the uniform attention weights becomes dropout on the mean's weights, which drops
-whole tokens from the mean as it does in the full layer. A loaded model runs the whole layer: 1/6 more inference
-compute for a 6-layer model, since its feed-forward matmuls run on zeros for every token.
+(`_forward_at_first_token`: the same function, and the same per-head attention dropout, for one position instead
+of every token), so training costs about what [CLS] pooling costs. A loaded model runs the whole layer: 1/6 more
+inference compute for a 6-layer model, since its feed-forward matmuls run on zeros for every token.
 """
 
 from __future__ import annotations
@@ -129,18 +128,20 @@ def append_mean_pooling_layer(model: torch.nn.Module, scale: float = MEAN_SCALE)
 def _forward_at_first_token(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                             *args, **kwargs) -> torch.Tensor:
     """The appended layer's forward in this process: what the saved layer computes at position 0, computed for
-    position 0 alone (the head reads nothing else). Uniform attention over the real tokens is their masked mean,
-    and the value projection is linear, so value(mean) is the mean of the values; then the layer's own output
-    projection, residual, LayerNorms and feed-forward block run on one vector a text instead of one a token. The
-    other positions pass through unchanged. Attention dropout becomes dropout on the mean's weights, which is what
-    it is on uniform attention."""
+    position 0 alone (the head reads nothing else). Position 0's attention weights are uniform over the real
+    tokens, so its context is each head's masked mean of the values, dropped out per head as attention dropout
+    drops them; then the layer's own output projection, residual, LayerNorms and feed-forward block run on one
+    vector a text instead of one a token. The other positions pass through unchanged."""
     batch, length = hidden_states.shape[:2]
-    keep = _real_tokens(attention_mask, batch, length).to(hidden_states.device, hidden_states.dtype)
-    weights = keep / keep.sum(dim=1, keepdim=True).clamp(min=1)
     attention = self.attention.self
+    values = attention.value(hidden_states)
+    values = values.view(batch, length, attention.num_attention_heads, -1)
+    keep = _real_tokens(attention_mask, batch, length).to(values.device, values.dtype)
+    weights = (keep / keep.sum(dim=1, keepdim=True).clamp(min=1)).unsqueeze(1)
+    weights = weights.expand(batch, attention.num_attention_heads, length)
     weights = torch.nn.functional.dropout(weights, p=attention.dropout.p, training=self.training)
-    mean = torch.einsum("bl,blh->bh", weights, hidden_states).unsqueeze(1)
-    first = self.attention.output(attention.value(mean), hidden_states[:, :1])
+    context = torch.einsum("bhl,blhd->bhd", weights, values).reshape(batch, 1, -1)
+    first = self.attention.output(context, hidden_states[:, :1])
     first = self.output(self.intermediate(first), first)
     return torch.cat([first, hidden_states[:, 1:]], dim=1)
 
